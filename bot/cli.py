@@ -1,0 +1,209 @@
+"""The `paperbot` command line. Each command's docstring is its --help."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import date
+
+import click
+
+from bot import __version__
+from bot.config import describe_settings, load_settings
+from bot.errors import BotError, SettingsError
+from bot.fetch import parse_listing
+from bot.pipeline import bundled_capture, import_files, make_client, poll
+from bot.store import open_store
+
+log = logging.getLogger("bot")
+
+
+class Context:
+    """What every command needs: settings, and the store opened on demand."""
+
+    def __init__(self, config: str | None, db: str | None):
+        overrides = {"database.path": db} if db else {}
+        self.settings = load_settings(config, overrides=overrides)
+        self.db_path = self.settings["database.path"]
+        self._store = None
+
+    @property
+    def store(self):
+        if self._store is None:
+            self._store = open_store(self.db_path)
+        return self._store
+
+
+class BotGroup(click.Group):
+    """Turns a BotError into one clear line and its exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BotError as error:
+            click.echo(f"paperbot: {error}", err=True)
+            sys.exit(error.exit_code)
+
+
+def _day(value: str | None, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date: write YYYY-MM-DD", param_hint=option) from None
+
+
+@click.group(cls=BotGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="paperbot")
+@click.option("--db", metavar="PATH", help="SQLite database (env PAPERBOT_DB; default ./paperbot.db).")
+@click.option(
+    "--config",
+    metavar="PATH",
+    help="Settings file (env PAPERBOT_CONFIG; default ./paperbot.toml if present).",
+)
+@click.option("-v", "--verbose", count=True, help="Say more: -v for each step, -vv for debugging.")
+@click.pass_context
+def main(ctx, db, config, verbose):
+    """paperbot: alerts for trending ML papers from Hugging Face."""
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        ctx.obj = Context(config, db)
+    except BotError as error:
+        click.echo(f"paperbot: {error}", err=True)
+        sys.exit(error.exit_code)
+
+
+@main.command()
+@click.option("--date", "date_", metavar="YYYY-MM-DD", help="One day's papers.")
+@click.option("--week", metavar="YYYY-Www", help="One ISO week's papers, e.g. 2026-W21.")
+@click.option("--month", metavar="YYYY-MM", help="One month's papers.")
+@click.option("--trending", is_flag=True, help="The trending list.")
+@click.option("--search", metavar="TEXT", help="Hugging Face's keyword search.")
+@click.option(
+    "--source",
+    type=click.Choice(["api", "page"]),
+    default="api",
+    show_default=True,
+    help="Read the JSON API or the HTML page; the page is the fallback when the API fails.",
+)
+@click.option("--no-fallback", is_flag=True, help="Do not fall back to the page when the API fails.")
+@click.pass_obj
+def fetch(obj, date_, week, month, trending, search, source, no_fallback):
+    """Poll Hugging Face and store what it lists (default: the latest day)."""
+    try:
+        listing = parse_listing(date_, week, month, trending, search)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    with make_client(obj.settings) as client:
+        outcome = poll(obj.store, client, obj.settings, listing, source=source, fallback=not no_fallback)
+    result, stats = outcome.result, outcome.stats
+    if result.not_modified:
+        click.echo(f"{listing.key}: not modified since the last fetch")
+    elif not result.papers:
+        click.echo(f"{listing.key}: Hugging Face lists no papers (nothing stored)")
+    else:
+        click.echo(
+            f"{listing.key}: {len(result.papers)} papers from the {result.source}, "
+            f"{stats.new} new, {stats.updated} updated"
+        )
+
+
+@main.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.pass_obj
+def import_(obj, files):
+    """Store papers from local captures: API JSON, a saved page, or JSON lines (.gz too).
+
+    Every file is read and checked before anything is stored; importing twice changes nothing.
+    """
+    listings, stats = import_files(obj.store, list(files))
+    click.echo(
+        f"imported {listings} listings, {stats.seen} papers: {stats.new} new, "
+        f"{stats.updated} updated, {stats.sightings} new sightings"
+    )
+
+
+@main.command()
+@click.option("--since", metavar="YYYY-MM-DD", help="Featured on or after this day.")
+@click.option("--until", metavar="YYYY-MM-DD", help="Featured on or before this day.")
+@click.option("--search", metavar="TEXT", help="Full-text search of title, abstract, authors, keywords.")
+@click.option("--limit", type=int, default=None, help="At most this many papers.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_obj
+def papers(obj, since, until, search, limit, as_json):
+    """List stored papers, newest first."""
+    found = obj.store.papers(
+        since=_day(since, "--since"), until=_day(until, "--until"), search=search, limit=limit
+    )
+    for paper in found:
+        if as_json:
+            click.echo(json.dumps(_paper_json(paper), ensure_ascii=False))
+        else:
+            day = paper.featured_on.isoformat() if paper.featured_on else "          "
+            click.echo(f"{day}  {paper.id:<12} {paper.upvotes or 0:>4}▲  {paper.title}")
+    if not as_json:
+        click.echo(f"{len(found)} paper{'' if len(found) == 1 else 's'}", err=True)
+
+
+def _paper_json(paper) -> dict:
+    data = {name: getattr(paper, name) for name in paper.__slots__}
+    data["authors"] = list(paper.authors)
+    data["ai_keywords"] = list(paper.ai_keywords)
+    data["published_at"] = paper.published_at.isoformat() if paper.published_at else None
+    data["featured_on"] = paper.featured_on.isoformat() if paper.featured_on else None
+    data["url"] = paper.hf_url
+    return data
+
+
+@main.command()
+@click.pass_obj
+def status(obj):
+    """Show each source's last fetch, its result, and what is stored."""
+    store = obj.store
+    click.echo(f"database {store.path}: {store.count_papers()} papers, {store.count_sightings()} sightings")
+    health = store.fetch_health()
+    if not health:
+        click.echo("no fetches yet: run `paperbot fetch`")
+    for entry in health:
+        last = entry["last"]
+        line = f"{entry['source']:<5} {entry['listing']:<22} last {last['started_at'][:19]}Z {last['status']}"
+        if last["status"] in ("ok", "empty"):
+            line += f" ({last['count']} papers, {last['new_count']} new)"
+        if entry["errors_in_a_row"]:
+            line += f"; {entry['errors_in_a_row']} errors in a row: {last['error']}"
+            line += f"; last good {entry['last_good'][:19] + 'Z' if entry['last_good'] else 'never'}"
+        click.echo(line)
+
+
+@main.command()
+@click.pass_obj
+def config(obj):
+    """Print the effective settings (secrets masked) and where each came from."""
+    for key, shown, origin in describe_settings(obj.settings):
+        click.echo(f"{key:<22} = {shown:<32} ({origin})")
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Run every due step once, then exit (for cron).")
+@click.option(
+    "--offline", is_flag=True, help="Use the real capture bundled with paperbot instead of the network."
+)
+@click.pass_obj
+def run(obj, once, offline):
+    """Poll, match and deliver. With --once, one pass then exit."""
+    if not once:
+        raise SettingsError("the long-running scheduler is not built yet: use `paperbot run --once`")
+    if offline:
+        listings, stats = import_files(obj.store, [bundled_capture()])
+        click.echo(f"offline: stored {stats.seen} papers from the bundled capture, {stats.new} new")
+    else:
+        from bot.fetch import Listing
+
+        with make_client(obj.settings) as client:
+            outcome = poll(obj.store, client, obj.settings, Listing("latest"))
+        click.echo(f"fetched {len(outcome.result.papers)} papers, {outcome.stats.new} new")

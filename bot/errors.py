@@ -1,0 +1,85 @@
+"""The errors paperbot reports to its user.
+
+Every error a user can cause or fix derives from ``BotError``; the CLI turns each
+into one clear line and an exit code. Any other exception is a bug and shows its
+traceback.
+
+    BotError
+    ├── SettingsError        a setting in paperbot.toml or the environment is wrong
+    ├── SourceError          Hugging Face answered something paperbot cannot read
+    │   └── FetchError       the request itself failed (network, timeout, HTTP status)
+    ├── StoreError           the database cannot be used as it is
+    ├── QueryError           a watch query is malformed (shows a caret under the problem)
+    └── SubscriptionError    a subscription file is wrong (names the file, key and fix)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BotError",
+    "FetchError",
+    "QueryError",
+    "SettingsError",
+    "SourceError",
+    "StoreError",
+    "SubscriptionError",
+]
+
+
+class BotError(Exception):
+    """Base of every error that paperbot explains to its user."""
+
+    exit_code = 1
+
+
+class SettingsError(BotError):
+    """A setting is missing or wrong; the message names the key and the fix."""
+
+    exit_code = 2
+
+
+class SourceError(BotError):
+    """An upstream response could not be read as papers (changed layout, cut-off body...)."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, url: str | None = None):
+        self.url = url
+        super().__init__(f"{message} ({url})" if url else message)
+
+
+class FetchError(SourceError):
+    """The request failed: connection, timeout, or an HTTP error status after retries."""
+
+
+class StoreError(BotError):
+    """The SQLite database cannot be opened or migrated."""
+
+    exit_code = 4
+
+
+class QueryError(BotError):
+    """A watch query is malformed; ``position`` is the 0-based offset of the problem."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, query: str, position: int):
+        self.reason = message
+        self.query = query
+        self.position = position
+        caret = " " * position + "^"
+        super().__init__(f"{message}\n  {query}\n  {caret}")
+
+
+class SubscriptionError(BotError):
+    """A subscription file is wrong; the message names the file, the key and the fix."""
+
+    exit_code = 2
+
+    def __init__(self, path: str, key: str | None, message: str, line: int | None = None):
+        self.path = path
+        self.key = key
+        self.line = line
+        where = path + (f":{line}" if line else "")
+        what = f" key '{key}':" if key else ""
+        super().__init__(f"{where}:{what} {message}")

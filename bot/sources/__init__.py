@@ -1,0 +1,1 @@
+"""Upstream sources: one module per way of reading Hugging Face papers."""

@@ -1,0 +1,516 @@
+"""The only module that touches SQLite (through sqlite-utils).
+
+Tables (schema version in PRAGMA user_version, migrated on open):
+
+- papers     one row per canonical id: the latest values, first_seen_at (when paperbot
+             first saw it; an older capture imported later moves it back, never forward)
+             and last_seen_at.
+- sightings  every time a paper was seen: when, in which listing, at which rank, with
+             which upvotes, stars and comments. The history behind "rising" alerts.
+- fetches    every poll: URL, listing, status (ok, empty, not-modified, error), counts,
+             ETag / Last-Modified for conditional requests, the error.
+- papers_fts full-text index over title, abstract, authors and keywords.
+
+WAL mode, so a second process may read while one writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import sqlite_utils
+from sqlite_utils.db import NotFoundError
+
+from bot.errors import StoreError
+from bot.models import FetchResult, Paper
+
+__all__ = [
+    "Crossing",
+    "FetchRecord",
+    "SaveStats",
+    "SCHEMA_VERSION",
+    "Store",
+    "format_time",
+    "open_store",
+]
+
+log = logging.getLogger(__name__)
+
+_TEXT_FIELDS = (
+    "title",
+    "abstract",
+    "github_repo",
+    "project_page",
+    "ai_summary",
+    "organization",
+    "organization_fullname",
+    "thumbnail",
+)
+_COUNT_FIELDS = ("upvotes", "num_comments", "github_stars")
+
+
+def format_time(moment: datetime) -> str:
+    """UTC ISO text with a fixed width, so that text order is time order in SQL."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: paperbot stores only timezone-aware times")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+@dataclass(frozen=True, slots=True)
+class SaveStats:
+    """What storing one batch of papers changed."""
+
+    seen: int
+    new: int
+    updated: int
+    sightings: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRecord:
+    """One row of the fetches table."""
+
+    url: str
+    source: str
+    listing: str
+    started_at: datetime
+    status: str
+    count: int
+    new_count: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    """A paper whose upvotes reached a threshold after a given time."""
+
+    paper: Paper
+    before: int | None  # the highest count seen up to then (None: not seen before)
+    now: int
+
+
+def _row_to_paper(row: dict) -> Paper:
+    featured = row.get("featured_on")
+    return Paper(
+        id=row["id"],
+        title=row["title"],
+        abstract=row.get("abstract") or "",
+        authors=tuple(json.loads(row.get("authors") or "[]")),
+        published_at=_parse_time(row.get("published_at")),
+        featured_on=date.fromisoformat(featured) if featured else None,
+        upvotes=row.get("upvotes"),
+        num_comments=row.get("num_comments"),
+        github_repo=row.get("github_repo"),
+        github_stars=row.get("github_stars"),
+        project_page=row.get("project_page"),
+        ai_summary=row.get("ai_summary"),
+        ai_keywords=tuple(json.loads(row.get("ai_keywords") or "[]")),
+        organization=row.get("organization"),
+        organization_fullname=row.get("organization_fullname"),
+        thumbnail=row.get("thumbnail"),
+    )
+
+
+def _paper_to_row(paper: Paper) -> dict:
+    return {
+        "id": paper.id,
+        "title": paper.title,
+        "abstract": paper.abstract,
+        "authors": json.dumps(list(paper.authors), ensure_ascii=False),
+        "published_at": format_time(paper.published_at) if paper.published_at else None,
+        "featured_on": paper.featured_on.isoformat() if paper.featured_on else None,
+        "upvotes": paper.upvotes,
+        "num_comments": paper.num_comments,
+        "github_repo": paper.github_repo,
+        "github_stars": paper.github_stars,
+        "project_page": paper.project_page,
+        "ai_summary": paper.ai_summary,
+        "ai_keywords": json.dumps(list(paper.ai_keywords), ensure_ascii=False),
+        "organization": paper.organization,
+        "organization_fullname": paper.organization_fullname,
+        "thumbnail": paper.thumbnail,
+    }
+
+
+def _empty(value: object) -> bool:
+    return value is None or value == "" or value == "[]"
+
+
+def _merge(old: dict, new: dict, newer: bool) -> dict:
+    """The row after seeing `new`: a newer sighting wins where it knows the value; an
+    older one only fills what is missing. A page card (no abstract, no authors) never
+    erases what the API said."""
+    merged = dict(old)
+    for key, value in new.items():
+        if _empty(value):
+            continue
+        if newer or _empty(old.get(key)):
+            merged[key] = value
+    return merged
+
+
+def _migrate_1(db: sqlite_utils.Database) -> None:
+    db["papers"].create(
+        {
+            "id": str,
+            "title": str,
+            "abstract": str,
+            "authors": str,
+            "published_at": str,
+            "featured_on": str,
+            "upvotes": int,
+            "num_comments": int,
+            "github_repo": str,
+            "github_stars": int,
+            "project_page": str,
+            "ai_summary": str,
+            "ai_keywords": str,
+            "organization": str,
+            "organization_fullname": str,
+            "thumbnail": str,
+            "first_seen_at": str,
+            "last_seen_at": str,
+        },
+        pk="id",
+    )
+    db["papers"].create_index(["first_seen_at"])
+    db["papers"].create_index(["featured_on"])
+    db["sightings"].create(
+        {
+            "id": int,
+            "paper_id": str,
+            "seen_at": str,
+            "source": str,
+            "rank": int,
+            "upvotes": int,
+            "stars": int,
+            "comments": int,
+        },
+        pk="id",
+        foreign_keys=[("paper_id", "papers", "id")],
+    )
+    db["sightings"].create_index(["paper_id", "source", "seen_at"], unique=True)
+    db["sightings"].create_index(["seen_at"])
+    db["fetches"].create(
+        {
+            "id": int,
+            "url": str,
+            "source": str,
+            "listing": str,
+            "started_at": str,
+            "status": str,
+            "count": int,
+            "new_count": int,
+            "etag": str,
+            "last_modified": str,
+            "error": str,
+        },
+        pk="id",
+    )
+    db["fetches"].create_index(["source", "listing"])
+    db["papers"].enable_fts(
+        ["title", "abstract", "authors", "ai_keywords"], create_triggers=True, tokenize="unicode61"
+    )
+
+
+MIGRATIONS = [_migrate_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Store:
+    """paperbot's database. Open it with `open_store`."""
+
+    def __init__(self, db: sqlite_utils.Database, path: str):
+        self.db = db
+        self.path = path
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------
+
+    def save_papers(self, papers: Iterable[Paper], seen_at: datetime, source: str) -> SaveStats:
+        """Store a listing as seen at `seen_at` in `source`, in order (rank 1 first).
+
+        Idempotent: the same listing saved twice at the same time changes nothing.
+        """
+        papers = list(papers)
+        stamp = format_time(seen_at)
+        ids = [p.id for p in papers]
+        with self.db.conn:
+            existing = self._rows_by_id(ids)
+            rows, new, updated = [], 0, 0
+            for paper in papers:
+                row = _paper_to_row(paper)
+                old = existing.get(paper.id)
+                if old is None:
+                    row["first_seen_at"] = row["last_seen_at"] = stamp
+                    new += 1
+                else:
+                    newer = stamp >= (old["last_seen_at"] or "")
+                    merged = _merge(old, row, newer)
+                    merged["first_seen_at"] = min(old["first_seen_at"] or stamp, stamp)
+                    merged["last_seen_at"] = max(old["last_seen_at"] or stamp, stamp)
+                    if merged == old:
+                        continue
+                    row = merged
+                    updated += 1
+                existing[paper.id] = row
+                rows.append(row)
+            if rows:
+                self.db["papers"].upsert_all(rows, pk="id")
+            before = self.db["sightings"].count
+            self.db["sightings"].insert_all(
+                (
+                    {
+                        "paper_id": paper.id,
+                        "seen_at": stamp,
+                        "source": source,
+                        "rank": rank,
+                        "upvotes": paper.upvotes,
+                        "stars": paper.github_stars,
+                        "comments": paper.num_comments,
+                    }
+                    for rank, paper in enumerate(papers, 1)
+                ),
+                ignore=True,
+            )
+            added = self.db["sightings"].count - before
+        return SaveStats(len(papers), new, updated, added)
+
+    def _rows_by_id(self, ids: list[str]) -> dict[str, dict]:
+        rows: dict[str, dict] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.query(f"select * from papers where id in ({marks})", chunk):
+                rows[row["id"]] = row
+        return rows
+
+    def record_fetch(
+        self,
+        *,
+        url: str,
+        source: str,
+        listing: str,
+        started_at: datetime,
+        status: str,
+        count: int = 0,
+        new_count: int = 0,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Log one poll (successful or not) in the fetches table."""
+        with self.db.conn:
+            self.db["fetches"].insert(
+                {
+                    "url": url,
+                    "source": source,
+                    "listing": listing,
+                    "started_at": format_time(started_at),
+                    "status": status,
+                    "count": count,
+                    "new_count": new_count,
+                    "etag": etag,
+                    "last_modified": last_modified,
+                    "error": error,
+                }
+            )
+
+    def save_fetch(self, result: FetchResult) -> SaveStats:
+        """Store a successful poll: its papers and sightings, and the fetch itself."""
+        if result.not_modified:
+            stats = SaveStats(0, 0, 0, 0)
+            status = "not-modified"
+        else:
+            stats = self.save_papers(result.papers, result.fetched_at, f"{result.source}:{result.listing}")
+            status = "ok" if result.papers else "empty"
+        self.record_fetch(
+            url=result.url,
+            source=result.source,
+            listing=result.listing,
+            started_at=result.fetched_at,
+            status=status,
+            count=len(result.papers),
+            new_count=stats.new,
+            etag=result.etag,
+            last_modified=result.last_modified,
+        )
+        return stats
+
+    # -- reading ---------------------------------------------------------------------
+
+    def validators(self, source: str, listing: str) -> tuple[str | None, str | None]:
+        """The ETag and Last-Modified of the last good fetch of a listing, for a conditional GET."""
+        row = next(
+            self.db.query(
+                "select etag, last_modified from fetches where source = ? and listing = ?"
+                " and status in ('ok', 'empty', 'not-modified') order by id desc limit 1",
+                [source, listing],
+            ),
+            None,
+        )
+        return (row["etag"], row["last_modified"]) if row else (None, None)
+
+    def get_paper(self, paper_id: str) -> Paper | None:
+        try:
+            return _row_to_paper(self.db["papers"].get(paper_id))
+        except NotFoundError:
+            return None
+
+    def count_papers(self) -> int:
+        return self.db["papers"].count
+
+    def count_sightings(self) -> int:
+        return self.db["sightings"].count
+
+    def papers(
+        self,
+        *,
+        since: date | None = None,
+        until: date | None = None,
+        search: str | None = None,
+        limit: int | None = None,
+    ) -> list[Paper]:
+        """Stored papers featured between `since` and `until` (inclusive), newest first,
+        optionally only those whose title, abstract, authors or keywords match `search`."""
+        where, params = [], []
+        if since:
+            where.append("coalesce(featured_on, substr(first_seen_at, 1, 10)) >= ?")
+            params.append(since.isoformat())
+        if until:
+            where.append("coalesce(featured_on, substr(first_seen_at, 1, 10)) <= ?")
+            params.append(until.isoformat())
+        if search:
+            where.append("rowid in (select rowid from papers_fts where papers_fts match ?)")
+            params.append(_fts_query(search))
+        sql = "select * from papers"
+        if where:
+            sql += " where " + " and ".join(where)
+        sql += " order by featured_on desc, upvotes desc, id"
+        if limit:
+            sql += f" limit {int(limit)}"
+        return [_row_to_paper(row) for row in self.db.query(sql, params)]
+
+    def iter_papers(self) -> Iterator[Paper]:
+        for row in self.db.query("select * from papers order by id"):
+            yield _row_to_paper(row)
+
+    def new_papers(self, after: datetime, until: datetime | None = None) -> list[Paper]:
+        """Papers first seen after `after` (and up to `until`): what is new since the last run."""
+        sql = "select * from papers where first_seen_at > ?"
+        params = [format_time(after)]
+        if until:
+            sql += " and first_seen_at <= ?"
+            params.append(format_time(until))
+        return [_row_to_paper(row) for row in self.db.query(sql + " order by first_seen_at, id", params)]
+
+    def upvote_crossings(self, threshold: int, after: datetime) -> list[Crossing]:
+        """Papers seen before `after` with fewer than `threshold` upvotes that have reached
+        it since: "whose upvotes crossed N since the last run"."""
+        stamp = format_time(after)
+        sql = """
+            select p.*, old.best as before
+            from papers p
+            join (select paper_id, max(coalesce(upvotes, 0)) as best from sightings
+                  where seen_at <= ? group by paper_id) old on old.paper_id = p.id
+            where old.best < ? and p.id in (
+                select paper_id from sightings where seen_at > ? and upvotes >= ?)
+            order by p.upvotes desc, p.id
+        """
+        crossings = []
+        for row in self.db.query(sql, [stamp, threshold, stamp, threshold]):
+            before = row.pop("before")
+            paper = _row_to_paper(row)
+            crossings.append(Crossing(paper, before, paper.upvotes or 0))
+        return crossings
+
+    def sightings(self, paper_id: str) -> list[dict]:
+        """The history of one paper, oldest first."""
+        return list(
+            self.db.query(
+                "select seen_at, source, rank, upvotes, stars, comments from sightings"
+                " where paper_id = ? order by seen_at, source",
+                [paper_id],
+            )
+        )
+
+    def fetch_health(self) -> list[dict]:
+        """Per source and listing: the last fetch, the last good one, errors in a row."""
+        rows = list(
+            self.db.query(
+                "select source, listing, url, started_at, status, count, new_count, error"
+                " from fetches order by started_at"
+            )
+        )
+        health: dict[tuple[str, str], dict] = {}
+        for row in rows:
+            key = (row["source"], row["listing"])
+            entry = health.setdefault(
+                key,
+                {
+                    "source": row["source"],
+                    "listing": row["listing"],
+                    "last_good": None,
+                    "errors_in_a_row": 0,
+                    "fetches": 0,
+                },
+            )
+            entry["fetches"] += 1
+            entry["last"] = row
+            if row["status"] == "error":
+                entry["errors_in_a_row"] += 1
+            else:
+                entry["errors_in_a_row"] = 0
+                entry["last_good"] = row["started_at"]
+        return sorted(health.values(), key=lambda e: e["last"]["started_at"], reverse=True)
+
+
+def _fts_query(text: str) -> str:
+    """Quote each word so user text can never be FTS5 syntax (a '-' or ':' in it)."""
+    words = [w for w in text.replace('"', " ").split() if w]
+    return " ".join(f'"{w}"' for w in words) or '""'
+
+
+def open_store(path: str | Path) -> Store:
+    """Open (creating and migrating as needed) the database at `path`."""
+    path = str(path)
+    if path != ":memory:":
+        parent = Path(path).parent
+        if not parent.exists():
+            raise StoreError(f"cannot create the database {path}: folder {parent} does not exist")
+    try:
+        db = sqlite_utils.Database(path)
+        db.execute("PRAGMA busy_timeout = 10000")
+        if path != ":memory:":
+            db.enable_wal()
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    except Exception as error:  # sqlite3.DatabaseError: not a database, locked, ...
+        raise StoreError(f"cannot open the database {path}: {error}") from error
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database {path} has schema version {version}, newer than this paperbot "
+            f"knows ({SCHEMA_VERSION}): upgrade paperbot"
+        )
+    for number in range(version, SCHEMA_VERSION):
+        with db.conn:
+            MIGRATIONS[number](db)
+            db.execute(f"PRAGMA user_version = {number + 1}")
+        log.info("migrated %s to schema version %d", path, number + 1)
+    return Store(db, path)
