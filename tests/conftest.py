@@ -30,7 +30,9 @@ def capture_json(name: str):
 def history_path() -> Path:
     """The 479-day history in ../shared/data; absent from a user's clone, so tests over it skip."""
     if not SHARED_HISTORY.exists():
-        pytest.skip(f"the whole-history capture is not here ({SHARED_HISTORY}): it lives in the team's shared/")
+        pytest.skip(
+            f"the whole-history capture is not here ({SHARED_HISTORY}): it lives in the team's shared/"
+        )
     return SHARED_HISTORY
 
 

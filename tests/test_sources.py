@@ -127,8 +127,13 @@ def _page_2026(items: list, **props) -> str:
     """A 2026-layout page, built in the test: SOURCES.md says it embeds the API items in
     the DailyPapers hydrater with these keys; no capture of such a page exists."""
     data = {
-        "dailyPapers": items, "dateString": "2026-06-12", "prevDate": "2026-06-11",
-        "nextDate": "2026-06-15", "periodType": "day", "isTrending": False, "query": "",
+        "dailyPapers": items,
+        "dateString": "2026-06-12",
+        "prevDate": "2026-06-11",
+        "nextDate": "2026-06-15",
+        "periodType": "day",
+        "isTrending": False,
+        "query": "",
     }
     data.update(props)
     attr = html.escape(json.dumps(data), quote=True)
@@ -199,16 +204,40 @@ def test_parsers_given_arbitrary_bytes_raise_only_source_error(body):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.fixed_dictionaries({"paper": st.dictionaries(
-    st.sampled_from(["id", "title", "authors", "upvotes", "publishedAt", "summary", "ai_keywords",
-                     "githubStars", "submittedOnDailyAt", "organization"]),
-    json_values)}), max_size=4))
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "paper": st.dictionaries(
+                    st.sampled_from(
+                        [
+                            "id",
+                            "title",
+                            "authors",
+                            "upvotes",
+                            "publishedAt",
+                            "summary",
+                            "ai_keywords",
+                            "githubStars",
+                            "submittedOnDailyAt",
+                            "organization",
+                        ]
+                    ),
+                    json_values,
+                )
+            }
+        ),
+        max_size=4,
+    )
+)
 def test_api_parser_given_odd_json_raises_only_source_error(items):
     body = json.dumps(items).encode()
     try:
