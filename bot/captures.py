@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,13 +57,15 @@ def _read_bytes(path: Path) -> bytes:
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as error:
+        except (OSError, EOFError, zlib.error) as error:  # zlib.error: a corrupted deflate stream
             raise SourceError(f"{path} is a damaged gzip file: {error}") from None
     return data
 
 
 def _json_lines(path: Path, text: str) -> Iterator[Capture]:
-    for number, line in enumerate(text.splitlines(), 1):
+    # split("\n"), not splitlines(): JSON text may hold a raw U+2028 or U+0085, which
+    # splitlines() would take for line ends, cutting a good line in two.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         origin = f"{path}:{number}"
@@ -79,6 +83,21 @@ def _json_lines(path: Path, text: str) -> Iterator[Capture]:
         yield Capture(tuple(papers), day, origin)
 
 
+# The start of a JSON-lines record, to recognise one even when its first line is broken.
+_JSON_LINE_START = re.compile(r'^\{\s*"(?:date|items)"\s*:')
+
+
+def _is_json_lines(text: str) -> bool:
+    first_line = text.lstrip().split("\n", 1)[0]
+    try:
+        record = json.loads(first_line)
+    except json.JSONDecodeError:
+        # A pretty-printed paper object starts with a lone "{"; a cut-short first record
+        # must still be reported by file and line.
+        return bool(_JSON_LINE_START.match(first_line))
+    return isinstance(record, dict) and "items" in record
+
+
 def read_capture(path: str | Path) -> list[Capture]:
     """Every listing in the file at `path`. Raises SourceError naming the file (and line)."""
     path = Path(path)
@@ -92,12 +111,7 @@ def read_capture(path: str | Path) -> list[Capture]:
         papers = hf_api.parse_daily_papers(data, str(path))
         return [Capture(tuple(papers), _usual_day(papers), str(path))]
     if head == "{":
-        first_line = text.lstrip().split("\n", 1)[0]
-        try:
-            record = json.loads(first_line)
-        except json.JSONDecodeError:
-            record = None
-        if isinstance(record, dict) and "items" in record:
+        if _is_json_lines(text):
             return list(_json_lines(path, text))
         paper = hf_api.parse_single_paper(data, str(path))
         return [Capture((paper,), paper.featured_on, str(path))]

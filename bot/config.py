@@ -7,6 +7,7 @@ settings with secrets masked, for `paperbot config`.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -39,6 +40,10 @@ def _positive(value: object) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
 
+def _not_negative(value: object) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
 def _url(value: object) -> str | None:
     return None if str(value).startswith(("http://", "https://")) else "must start with http:// or https://"
 
@@ -48,15 +53,30 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hf.base_url", str, "https://huggingface.co", "where Hugging Face is", check=_url),
     Setting("hf.token", str, None, "a Hugging Face token, sent as a bearer token", secret=True),
     Setting("hf.timeout", float, 20.0, "seconds before a request times out", check=_positive),
-    Setting("hf.retries", int, 4, "retries after a failed request (connect errors, 5xx, 429)"),
-    Setting("hf.backoff", float, 1.0, "seconds before the first retry; doubles each time"),
-    Setting("hf.max_wait", float, 120.0, "the longest Retry-After paperbot honours, in seconds"),
+    Setting(
+        "hf.retries", int, 4, "retries after a failed request (connect errors, 5xx, 429)", check=_not_negative
+    ),
+    Setting(
+        "hf.backoff", float, 1.0, "seconds before the first retry; doubles each time", check=_not_negative
+    ),
+    Setting(
+        "hf.max_wait",
+        float,
+        120.0,
+        "the longest Retry-After paperbot honours, in seconds",
+        check=_not_negative,
+    ),
     Setting("hf.page_size", int, 100, "papers asked for per API page", check=_positive),
     Setting("poll.interval_minutes", int, 30, "minutes between polls in `paperbot run`", check=_positive),
-    Setting("poll.refresh_days", int, 3, "recent days re-read each poll so counts move"),
+    Setting("poll.refresh_days", int, 3, "recent days re-read each poll so counts move", check=_not_negative),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 _ALIASES = {"database.path": ("PAPERBOT_DB",), "hf.token": ("HF_TOKEN",)}
+
+
+def _env_names(setting: Setting) -> tuple[str, ...]:
+    """The environment variables read for a setting, in the order they win."""
+    return (setting.env, *_ALIASES.get(setting.key, ()))
 
 
 class Settings(Mapping):
@@ -85,6 +105,8 @@ def _coerce(setting: Setting, value: object, where: str) -> object:
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise TypeError
+        if kind is float and not math.isfinite(value):  # "nan", "inf"
+            raise ValueError
     except (TypeError, ValueError):
         example = {int: "a whole number, e.g. 30", float: "a number, e.g. 20.0", str: "text in quotes"}[kind]
         raise SettingsError(f"{where}: {setting.key} = {value!r} is not valid: write {example}") from None
@@ -111,6 +133,10 @@ def _read_file(path: Path) -> dict[str, object]:
             table = tomllib.load(handle)
     except FileNotFoundError:
         raise SettingsError(f"{path}: no such settings file: check --config or PAPERBOT_CONFIG") from None
+    except OSError as error:  # a folder, no permission
+        raise SettingsError(f"{path}: cannot read the settings file: {error.strerror}") from None
+    except UnicodeDecodeError as error:  # tomllib decodes the bytes itself and lets this through
+        raise SettingsError(f"{path}: not valid TOML: not UTF-8 text ({error.reason})") from None
     except tomllib.TOMLDecodeError as error:
         raise SettingsError(f"{path}: not valid TOML: {error}") from None
     return _flatten(table)
@@ -144,12 +170,12 @@ def load_settings(
             if setting.secret:
                 raise SettingsError(
                     f"{path}: '{key}' is a secret and is read only from the environment: "
-                    f"remove it from the file and set {setting.env} instead"
+                    f"remove it from the file and set {' or '.join(_env_names(setting))} instead"
                 )
             values[key] = _coerce(setting, value, str(path))
             origins[key] = str(path)
     for setting in SETTINGS:
-        for name in (setting.env, *_ALIASES.get(setting.key, ())):
+        for name in _env_names(setting):
             if environ.get(name):
                 values[setting.key] = _coerce(setting, environ[name], f"environment {name}")
                 origins[setting.key] = f"env {name}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -225,6 +226,35 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
 MIGRATIONS = [_migrate_1]
 SCHEMA_VERSION = len(MIGRATIONS)
 
+_PAPER_COLUMNS = (
+    "id",
+    "title",
+    "abstract",
+    "authors",
+    "published_at",
+    "featured_on",
+    "upvotes",
+    "num_comments",
+    "github_repo",
+    "github_stars",
+    "project_page",
+    "ai_summary",
+    "ai_keywords",
+    "organization",
+    "organization_fullname",
+    "thumbnail",
+    "first_seen_at",
+    "last_seen_at",
+)
+_INSERT_PAPER = (
+    f"insert into papers ({', '.join(_PAPER_COLUMNS)}) values ({', '.join('?' * len(_PAPER_COLUMNS))})"
+)
+_UPDATE_PAPER = f"update papers set {', '.join(c + ' = ?' for c in _PAPER_COLUMNS[1:])} where id = ?"
+_INSERT_SIGHTING = (
+    "insert or ignore into sightings (paper_id, seen_at, source, rank, upvotes, stars, comments)"
+    " values (?, ?, ?, ?, ?, ?, ?)"
+)
+
 
 class Store:
     """paperbot's database. Open it with `open_store`."""
@@ -234,6 +264,7 @@ class Store:
         self.path = path
 
     def close(self) -> None:
+        """Close the connection."""
         self.db.close()
 
     def __enter__(self) -> Store:
@@ -254,13 +285,13 @@ class Store:
         ids = [p.id for p in papers]
         with self.db.conn:
             existing = self._rows_by_id(ids)
-            rows, new, updated = [], 0, 0
+            inserts, updates = [], []
             for paper in papers:
                 row = _paper_to_row(paper)
                 old = existing.get(paper.id)
                 if old is None:
                     row["first_seen_at"] = row["last_seen_at"] = stamp
-                    new += 1
+                    inserts.append(row)
                 else:
                     newer = stamp >= (old["last_seen_at"] or "")
                     merged = _merge(old, row, newer)
@@ -269,29 +300,30 @@ class Store:
                     if merged == old:
                         continue
                     row = merged
-                    updated += 1
+                    updates.append(row)
                 existing[paper.id] = row
-                rows.append(row)
-            if rows:
-                self.db["papers"].upsert_all(rows, pk="id")
-            before = self.db["sightings"].count
-            self.db["sightings"].insert_all(
-                (
-                    {
-                        "paper_id": paper.id,
-                        "seen_at": stamp,
-                        "source": source,
-                        "rank": rank,
-                        "upvotes": paper.upvotes,
-                        "stars": paper.github_stars,
-                        "comments": paper.num_comments,
-                    }
+            # Plain executemany in one transaction rather than sqlite-utils' upsert_all and
+            # insert_all: each of those commits on its own, so a listing was stored in two
+            # transactions (papers without their sightings after a crash) and two fsyncs.
+            conn = self.db.conn
+            if inserts:
+                conn.executemany(_INSERT_PAPER, [[row[c] for c in _PAPER_COLUMNS] for row in inserts])
+            if updates:
+                conn.executemany(
+                    _UPDATE_PAPER, [[row[c] for c in _PAPER_COLUMNS[1:]] + [row["id"]] for row in updates]
+                )
+            # total_changes rather than count(*): the sightings table only grows, and
+            # counting it twice per listing gets slow on a long-lived database.
+            before = conn.total_changes
+            conn.executemany(
+                _INSERT_SIGHTING,
+                [
+                    (paper.id, stamp, source, rank, paper.upvotes, paper.github_stars, paper.num_comments)
                     for rank, paper in enumerate(papers, 1)
-                ),
-                ignore=True,
+                ],
             )
-            added = self.db["sightings"].count - before
-        return SaveStats(len(papers), new, updated, added)
+            added = conn.total_changes - before
+        return SaveStats(len(papers), len(inserts), len(updates), added)
 
     def _rows_by_id(self, ids: list[str]) -> dict[str, dict]:
         rows: dict[str, dict] = {}
@@ -369,15 +401,18 @@ class Store:
         return (row["etag"], row["last_modified"]) if row else (None, None)
 
     def get_paper(self, paper_id: str) -> Paper | None:
+        """The stored paper with this canonical id, or None."""
         try:
             return _row_to_paper(self.db["papers"].get(paper_id))
         except NotFoundError:
             return None
 
     def count_papers(self) -> int:
+        """How many papers are stored."""
         return self.db["papers"].count
 
     def count_sightings(self) -> int:
+        """How many sightings are stored."""
         return self.db["sightings"].count
 
     def papers(
@@ -409,6 +444,7 @@ class Store:
         return [_row_to_paper(row) for row in self.db.query(sql, params)]
 
     def iter_papers(self) -> Iterator[Paper]:
+        """Every stored paper, by id."""
         for row in self.db.query("select * from papers order by id"):
             yield _row_to_paper(row)
 
@@ -456,7 +492,8 @@ class Store:
         rows = list(
             self.db.query(
                 "select source, listing, url, started_at, status, count, new_count, error"
-                " from fetches order by started_at"
+                # id breaks ties: two polls stamped with the same clock stay in order.
+                " from fetches order by started_at, id"
             )
         )
         health: dict[tuple[str, str], dict] = {}
@@ -495,22 +532,34 @@ def open_store(path: str | Path) -> Store:
         parent = Path(path).parent
         if not parent.exists():
             raise StoreError(f"cannot create the database {path}: folder {parent} does not exist")
+    db = None
     try:
         db = sqlite_utils.Database(path)
         db.execute("PRAGMA busy_timeout = 10000")
         if path != ":memory:":
             db.enable_wal()
         version = db.execute("PRAGMA user_version").fetchone()[0]
-    except Exception as error:  # sqlite3.DatabaseError: not a database, locked, ...
+    except sqlite3.Error as error:  # not a database, a folder, locked, ...
+        if db is not None:
+            db.close()
         raise StoreError(f"cannot open the database {path}: {error}") from error
     if version > SCHEMA_VERSION:
+        db.close()
         raise StoreError(
             f"the database {path} has schema version {version}, newer than this paperbot "
             f"knows ({SCHEMA_VERSION}): upgrade paperbot"
         )
     for number in range(version, SCHEMA_VERSION):
-        with db.conn:
-            MIGRATIONS[number](db)
-            db.execute(f"PRAGMA user_version = {number + 1}")
+        try:
+            with db.conn:
+                MIGRATIONS[number](db)
+                db.execute(f"PRAGMA user_version = {number + 1}")
+        except sqlite3.Error as error:
+            # e.g. another program's database that already has a `papers` table
+            db.close()
+            raise StoreError(
+                f"cannot migrate the database {path} to schema version {number + 1}: {error}: "
+                "is it a paperbot database?"
+            ) from error
         log.info("migrated %s to schema version %d", path, number + 1)
     return Store(db, path)
