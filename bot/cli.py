@@ -15,6 +15,7 @@ from bot.errors import BotError, SettingsError
 from bot.fetch import parse_listing
 from bot.pipeline import bundled_capture, import_files, make_client, poll
 from bot.store import open_store
+from bot.subscriptions import load_subscriptions
 
 log = logging.getLogger("bot")
 
@@ -22,17 +23,28 @@ log = logging.getLogger("bot")
 class Context:
     """What every command needs: settings, and the store opened on demand."""
 
-    def __init__(self, config: str | None, db: str | None):
+    def __init__(self, config: str | None, db: str | None, subscriptions: str = "./subscriptions"):
+        self.subscriptions_dir = subscriptions
         overrides = {"database.path": db} if db else {}
         self.settings = load_settings(config, overrides=overrides)
         self.db_path = self.settings["database.path"]
         self._store = None
+        self._subscriptions = None
 
     @property
     def store(self):
         if self._store is None:
             self._store = open_store(self.db_path)
         return self._store
+
+    @property
+    def subscriptions(self):
+        """The subscriptions folder, read once; broken files are logged and skipped."""
+        if self._subscriptions is None:
+            self._subscriptions = load_subscriptions(self.subscriptions_dir)
+            for error in self._subscriptions.errors:
+                log.error("skipping a subscription: %s", error)
+        return self._subscriptions
 
 
 class BotGroup(click.Group):
@@ -63,16 +75,23 @@ def _day(value: str | None, option: str) -> date | None:
     metavar="PATH",
     help="Settings file (env PAPERBOT_CONFIG; default ./paperbot.toml if present).",
 )
+@click.option(
+    "--subscriptions",
+    metavar="DIR",
+    envvar="PAPERBOT_SUBSCRIPTIONS",
+    default="./subscriptions",
+    help="Folder of subscription files (env PAPERBOT_SUBSCRIPTIONS; default ./subscriptions).",
+)
 @click.option("-v", "--verbose", count=True, help="Say more: -v for each step, -vv for debugging.")
 @click.pass_context
-def main(ctx, db, config, verbose):
+def main(ctx, db, config, subscriptions, verbose):
     """paperbot: alerts for trending ML papers from Hugging Face."""
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if verbose < 2:
         logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        ctx.obj = Context(config, db)
+        ctx.obj = Context(config, db, subscriptions)
     except BotError as error:
         click.echo(f"paperbot: {error}", err=True)
         sys.exit(error.exit_code)
@@ -207,3 +226,58 @@ def run(obj, once, offline):
         with make_client(obj.settings) as client:
             outcome = poll(obj.store, client, obj.settings, Listing("latest"))
         click.echo(f"fetched {len(outcome.result.papers)} papers, {outcome.stats.new} new")
+
+
+@main.group()
+def subscribers():
+    """Check and list the subscription files."""
+
+
+@subscribers.command("check")
+@click.pass_obj
+def subscribers_check(obj):
+    """Check every subscription file; each error names the file, the key and the fix."""
+    loaded = load_subscriptions(obj.subscriptions_dir)
+    for error in loaded.errors:
+        click.echo(f"✗ {error}")
+    for subscriber in loaded.subscribers:
+        click.echo(f"✓ {subscriber.path}: {len(subscriber.watches)} watches")
+    click.echo(f"{len(loaded.subscribers)} valid, {len(loaded.errors)} invalid")
+    if loaded.errors:
+        sys.exit(2)
+
+
+@subscribers.command("list")
+@click.pass_obj
+def subscribers_list(obj):
+    """Show who gets what: each subscriber's schedule, channels and watches."""
+    loaded = obj.subscriptions
+    for sub in loaded.subscribers:
+        channels = ", ".join(f"{c.name} ({c.kind})" for c in sub.channels) or "no channels"
+        state = " [paused]" if sub.paused else ""
+        who = f"{sub.id}{state}: {sub.name} <{sub.email or '-'}>"
+        click.echo(f"{who}, {sub.schedule.text} {sub.timezone}; {channels}")
+        for watch in sub.watches:
+            extras = [
+                f"{k} {v}"
+                for k, v in (
+                    ("min upvotes", watch.min_upvotes),
+                    ("min stars", watch.min_stars),
+                    ("rising at", watch.rising),
+                )
+                if v
+            ]
+            if watch.has_code:
+                extras.append("has code")
+            if watch.delivery == "instant":
+                extras.append("instant")
+            if watch.channels:
+                extras.append("to " + ", ".join(watch.channels))
+            if watch.search:
+                extras.append("also HF search")
+            tail = f" [{'; '.join(extras)}]" if extras else ""
+            click.echo(f"  - {watch.name}: {watch.query_text or '(any paper)'}{tail}")
+    if loaded.errors:
+        count = len(loaded.errors)
+        files = "file" if count == 1 else "files"
+        click.echo(f"{count} invalid {files} skipped: run `paperbot subscribers check`", err=True)

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import date, datetime
 
-__all__ = ["FetchResult", "Paper", "Sighting"]
+__all__ = ["Channel", "FetchResult", "Paper", "Sighting", "Subscriber", "Watch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +74,47 @@ class FetchResult:
     etag: str | None = None
     last_modified: str | None = None
     not_modified: bool = False  # the server answered 304: nothing changed since last poll
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """Where a subscriber's alerts go. `target` may hold ${ENV_VAR} references, expanded
+    only when sending, so secrets never sit in subscription files or the database."""
+
+    name: str  # the key in [channels]: "email", "slack", "lab-webhook", ...
+    kind: str  # email | slack | webhook | apprise
+    target: str  # an address or a URL (maybe "${SLACK_WEBHOOK_URL}")
+    secret: str | None = None  # e.g. a webhook signing secret, as "${ENV_VAR}"
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """One thing a subscriber watches for. Every criterion given must hold."""
+
+    name: str
+    query: object  # the compiled query (bot.query AST) of query + authors + orgs + keywords
+    query_text: str  # the same, as text, for display
+    min_upvotes: int = 0
+    min_stars: int = 0
+    has_code: bool = False
+    rising: int | None = None  # alert when a paper already seen crosses this many upvotes
+    delivery: str = "digest"  # digest | instant
+    channels: tuple[str, ...] = ()  # names of the subscriber's channels; () = all
+    search: bool = False  # also run the query against Hugging Face's search
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """One subscriber, read from subscriptions/<id>.toml."""
+
+    id: str  # the file's stem: "alice" for alice.toml
+    name: str
+    email: str | None
+    timezone: str
+    schedule: object  # bot.schedule.Schedule
+    watches: tuple[Watch, ...]
+    channels: tuple[Channel, ...]
+    send_empty: bool = False
+    max_papers: int = 25
+    paused: bool = False
+    path: str = ""

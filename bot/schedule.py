@@ -1,0 +1,84 @@
+"""When digests go out: subscribers' schedules, and (later) the APScheduler wiring.
+
+The only module that imports apscheduler. A schedule is written in a subscription as
+"daily 08:00", "weekly monday 08:00", a five-field cron expression ("0 8 * * mon-fri"),
+or "none"; it is read in the subscriber's own time zone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from apscheduler.triggers.cron import CronTrigger
+
+__all__ = ["Schedule", "next_run", "parse_schedule"]
+
+_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_DAILY = re.compile(r"^daily(?:\s+at)?\s+(\d{1,2}):(\d{2})$", re.I)
+_WEEKLY = re.compile(r"^weekly(?:\s+on)?\s+([a-z]+)(?:\s+at)?\s+(\d{1,2}):(\d{2})$", re.I)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A digest schedule as a cron expression (minute hour day month weekday), or none."""
+
+    text: str  # what the subscriber wrote
+    cron: str | None  # None: no digest (instant alerts only)
+
+    @property
+    def enabled(self) -> bool:
+        return self.cron is not None
+
+
+def _clock(hour: str, minute: str, text: str) -> tuple[int, int]:
+    h, m = int(hour), int(minute)
+    if h > 23 or m > 59:
+        raise ValueError(f"{text!r}: {hour}:{minute} is not a time of day; write HH:MM from 00:00 to 23:59")
+    return h, m
+
+
+def parse_schedule(text: str) -> Schedule:
+    """Read "daily 08:00", "weekly monday 08:00", a cron expression or "none". Raises ValueError."""
+    cleaned = " ".join(str(text).split())
+    if cleaned.lower() in ("none", "off", ""):
+        return Schedule(cleaned, None)
+    if match := _DAILY.match(cleaned):
+        h, m = _clock(*match.groups(), cleaned)
+        return Schedule(cleaned, f"{m} {h} * * *")
+    if match := _WEEKLY.match(cleaned):
+        day, hour, minute = match.groups()
+        names = [d for d in _DAYS if d.startswith(day.lower()) and len(day) >= 3]
+        if len(names) != 1:
+            raise ValueError(
+                f"{cleaned!r}: {day!r} is not a day of the week; write e.g. 'weekly monday 08:00'"
+            )
+        h, m = _clock(hour, minute, cleaned)
+        return Schedule(cleaned, f"{m} {h} * * {names[0][:3]}")
+    fields = cleaned.split()
+    if len(fields) == 5:
+        try:
+            CronTrigger.from_crontab(cleaned, timezone="UTC")
+        except ValueError as error:
+            raise ValueError(f"{cleaned!r} is not a valid cron expression: {error}") from None
+        return Schedule(cleaned, cleaned)
+    raise ValueError(
+        f"{cleaned!r} is not a schedule: write 'daily 08:00', 'weekly monday 08:00', "
+        "a cron expression like '0 8 * * mon-fri', or 'none'"
+    )
+
+
+def trigger_for(schedule: Schedule, zone: str) -> CronTrigger:
+    """The APScheduler trigger that fires `schedule` in time zone `zone`."""
+    if schedule.cron is None:
+        raise ValueError("this schedule sends no digests")
+    return CronTrigger.from_crontab(schedule.cron, timezone=ZoneInfo(zone))
+
+
+def next_run(schedule: Schedule, zone: str, after: datetime) -> datetime | None:
+    """The first time after `after` (aware) at which the digest is due, or None."""
+    if schedule.cron is None:
+        return None
+    return trigger_for(schedule, zone).get_next_fire_time(None, after)
