@@ -36,8 +36,9 @@ class Capture:
     @property
     def seen_at(self) -> datetime:
         """Captures do not record the hour: the listing day at 00:00 UTC stands for it."""
-        day = self.day or date(1970, 1, 1)
-        return datetime.combine(day, time(0), tzinfo=UTC)
+        if self.day is None:  # only an empty listing has no day (see _dated)
+            return datetime(1970, 1, 1, tzinfo=UTC)
+        return datetime.combine(self.day, time(0), tzinfo=UTC)
 
     @property
     def source(self) -> str:
@@ -47,6 +48,27 @@ class Capture:
 def _usual_day(papers: list[Paper]) -> date | None:
     days = Counter(p.featured_on for p in papers if p.featured_on)
     return days.most_common(1)[0][0] if days else None
+
+
+_DAY_IN_NAME = re.compile(r"(?<!\d)(\d{4}-\d{2}-\d{2})(?!\d)")
+
+
+def _dated(path: Path, papers: tuple[Paper, ...], day: date | None) -> Capture:
+    """A capture of papers whose listing day the content may not say (old API responses lack
+    submittedOnDailyAt): then the day in the file's name is the requested day."""
+    if day is None and papers:
+        found = _DAY_IN_NAME.search(path.name)
+        try:
+            day = date.fromisoformat(found.group(1)) if found else None
+        except ValueError:
+            day = None
+        if day is None:
+            raise SourceError(
+                f"{path}: cannot tell which day this capture lists (its papers carry no "
+                "submittedOnDailyAt): put the day in the file name, e.g. daily_papers_2024-05-27.json"
+            )
+        papers = tuple(p if p.featured_on else p.replace(featured_on=day) for p in papers)
+    return Capture(papers, day, str(path))
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -106,15 +128,15 @@ def read_capture(path: str | Path) -> list[Capture]:
     head = text.lstrip()[:1]
     if head == "<":
         listing = hf_page.parse_page(text, str(path))
-        return [Capture(listing.papers, listing.day or _usual_day(list(listing.papers)), str(path))]
+        return [_dated(path, tuple(listing.papers), listing.day or _usual_day(list(listing.papers)))]
     if head == "[":
         papers = hf_api.parse_daily_papers(data, str(path))
-        return [Capture(tuple(papers), _usual_day(papers), str(path))]
+        return [_dated(path, tuple(papers), _usual_day(papers))]
     if head == "{":
         if _is_json_lines(text):
             return list(_json_lines(path, text))
         paper = hf_api.parse_single_paper(data, str(path))
-        return [Capture((paper,), paper.featured_on, str(path))]
+        return [_dated(path, (paper,), paper.featured_on)]
     raise SourceError(
         f"{path}: not a capture paperbot knows (an API JSON array, a papers page, "
         'or JSON lines of {"date", "items"})'

@@ -7,6 +7,7 @@ import json
 import re
 import time
 import zlib
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,29 @@ def test_importing_the_whole_history_stores_each_paper_once_and_each_day_once(tm
     assert again.exit_code == 0, again.output
     assert "7414 papers: 0 new, 0 updated, 0 new sightings" in again.output
     assert counts(db) == (len(ids), len(pairs))
+
+
+def test_an_old_api_capture_without_listing_days_is_dated_by_its_file_name(tmp_path):
+    # The 2024-05-27 API response predates submittedOnDailyAt: the requested day is in the name.
+    db = tmp_path / "paperbot.db"
+    name = "api_daily_papers_date_2024-05-27_reserialized.json"
+    assert all("submittedOnDailyAt" not in item["paper"] for item in capture_json(name))
+    assert import_(db, HF / name).exit_code == 0
+
+    with open_store(db) as store:
+        papers = store.papers(since=date(2024, 5, 27), until=date(2024, 5, 27))
+        sighting = store.sightings(papers[0].id)[0]
+    assert len(papers) == 13
+    assert sighting["seen_at"].startswith("2024-05-27T00:00:00")
+
+
+def test_a_capture_whose_day_cannot_be_told_is_refused_with_the_fix(tmp_path):
+    db = tmp_path / "paperbot.db"
+    undated = tmp_path / "saved.json"
+    undated.write_bytes((HF / "api_daily_papers_date_2024-05-27_reserialized.json").read_bytes())
+
+    result = import_(db, undated)
+
+    assert result.exit_code == 3
+    assert "saved.json" in result.output and "put the day in the file name" in result.output
+    assert not db.exists() or counts(db) == (0, 0)
