@@ -102,11 +102,18 @@ def _score(paper: Paper, hits: Iterable) -> float:
 
 
 def _collect(
-    paper: Paper, text: PaperText, slots: Iterable[int], index: WatchIndex, before: int | None
+    paper: Paper,
+    text: PaperText,
+    slots: Iterable[int],
+    index: WatchIndex,
+    before: int | None,
+    rising_only: bool = False,
 ) -> list[Match]:
     per_subscriber: dict[str, list] = {}
     for slot in sorted(slots):
         subscriber, watch = index.slots[slot]
+        if rising_only and watch.rising is None:
+            continue
         reason = watch_accepts(watch, paper, before)
         if reason is None:
             continue
@@ -141,32 +148,42 @@ def match_papers(
     papers: Iterable[Paper],
     index: WatchIndex,
     upvotes_before: Mapping[str, int] | None = None,
+    risers: Iterable[Paper] = (),
 ) -> list[Match]:
     """Every (subscriber, paper) match, best score first within each subscriber.
 
-    `upvotes_before` maps a paper id to the most upvotes it had been seen with before this
-    window; `rising` watches fire only for papers in it that crossed their mark since.
+    `papers` are the new papers of a window, tried against every watch. `upvotes_before`
+    maps a paper id to the most upvotes it had been seen with before the window; `rising`
+    watches fire only for papers in it that crossed their mark since. `risers` are older
+    papers seen again in the window: only `rising` watches are tried on them.
     """
     upvotes_before = upvotes_before or {}
     matches: list[Match] = []
-    for paper in papers:
-        text = index_paper(paper)
-        slots = index.candidates(text)
-        if slots:
-            matches.extend(_collect(paper, text, slots, index, upvotes_before.get(paper.id)))
+    for group, rising_only in ((papers, False), (risers, True)):
+        for paper in group:
+            text = index_paper(paper)
+            slots = index.candidates(text)
+            if slots:
+                before = upvotes_before.get(paper.id)
+                matches.extend(_collect(paper, text, slots, index, before, rising_only))
     matches.sort(key=lambda m: (m.subscriber_id, -m.score, m.paper.id))
     return matches
 
 
 def match_naively(
-    papers: Iterable[Paper], index: WatchIndex, upvotes_before: Mapping[str, int] | None = None
+    papers: Iterable[Paper],
+    index: WatchIndex,
+    upvotes_before: Mapping[str, int] | None = None,
+    risers: Iterable[Paper] = (),
 ) -> list[Match]:
     """The same result by testing every watch against every paper: the baseline, and the oracle."""
     upvotes_before = upvotes_before or {}
     matches: list[Match] = []
     every = range(len(index.slots))
-    for paper in papers:
-        text = index_paper(paper)
-        matches.extend(_collect(paper, text, every, index, upvotes_before.get(paper.id)))
+    for group, rising_only in ((papers, False), (risers, True)):
+        for paper in group:
+            text = index_paper(paper)
+            before = upvotes_before.get(paper.id)
+            matches.extend(_collect(paper, text, every, index, before, rising_only))
     matches.sort(key=lambda m: (m.subscriber_id, -m.score, m.paper.id))
     return matches
