@@ -13,7 +13,8 @@ from bot import __version__
 from bot.config import describe_settings, load_settings
 from bot.errors import BotError, SettingsError
 from bot.fetch import parse_listing
-from bot.pipeline import bundled_capture, import_files, make_client, poll
+from bot.pipeline import backtest as run_backtest
+from bot.pipeline import bundled_capture, import_files, make_client, match_days, poll
 from bot.store import open_store
 from bot.subscriptions import load_subscriptions
 
@@ -177,6 +178,133 @@ def _paper_json(paper) -> dict:
     data["featured_on"] = paper.featured_on.isoformat() if paper.featured_on else None
     data["url"] = paper.hf_url
     return data
+
+
+def _find_subscriber(obj, name: str):
+    loaded = obj.subscriptions
+    for subscriber in loaded.subscribers:
+        if name in (subscriber.id, subscriber.name) or name.casefold() == subscriber.name.casefold():
+            return subscriber
+    known = ", ".join(s.id for s in loaded.subscribers) or "none"
+    broken = [e for e in loaded.errors if name in e.path]
+    hint = f"; its file is invalid: {broken[0]}" if broken else f" (valid subscribers: {known})"
+    raise click.BadParameter(f"no subscriber {name!r} in {obj.subscriptions_dir}{hint}", param_hint="NAME")
+
+
+def _hits_text(match) -> str:
+    """The matched words, each with the fields it was found in: "rl (title, abstract)"."""
+    order = {"title": 0, "author": 1, "org": 2, "keyword": 3, "abstract": 4}
+    fields: dict[str, set[str]] = {}
+    for hit in match.hits:
+        fields.setdefault(hit.term, set()).add(hit.field)
+    words = [f"{term} ({', '.join(sorted(found, key=order.get))})" for term, found in fields.items()]
+    return "; ".join([", ".join(words)] * bool(words) + list(match.reasons))
+
+
+def _match_json(day, match) -> dict:
+    return {
+        "day": day.isoformat(),
+        "subscriber": match.subscriber_id,
+        "watches": list(match.watches),
+        "paper": match.paper.id,
+        "title": match.paper.title,
+        "score": match.score,
+        "terms": [{"field": h.field, "term": h.term, "start": h.start, "end": h.end} for h in match.hits],
+        "reasons": list(match.reasons),
+    }
+
+
+@main.command()
+@click.option("--since", metavar="YYYY-MM-DD", help="First day (UTC) of papers to match; default the latest.")
+@click.option("--until", metavar="YYYY-MM-DD", help="Last day (UTC), inclusive; default the latest.")
+@click.option("--subscriber", "name", metavar="NAME", help="Only this subscriber (file name or name).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_obj
+def match(obj, since, until, name, as_json):
+    """Match stored papers against the watches: who would get which paper, and why.
+
+    Each day's new papers are matched against every watch, and papers seen before that
+    crossed a `rising` mark on that day against the rising watches.
+    """
+    latest = obj.store.latest_day()
+    until_day = _day(until, "--until") or latest
+    since_day = _day(since, "--since") or until_day
+    if until_day is None:
+        click.echo("no papers stored yet: run `paperbot fetch` or `paperbot import`", err=True)
+        return
+    if since_day > until_day:
+        raise click.BadParameter("--since is after --until", param_hint="--since")
+    people = [_find_subscriber(obj, name)] if name else list(obj.subscriptions.subscribers)
+    days = match_days(obj.store, people, since_day, until_day)
+    total = 0
+    for result in days:
+        for found in result.matches:
+            total += 1
+            if as_json:
+                click.echo(json.dumps(_match_json(result.day, found), ensure_ascii=False))
+                continue
+            paper = found.paper
+            click.echo(
+                f"{result.day}  {found.subscriber_id:<16} {found.score:5.1f}  {paper.id:<11} {paper.title}"
+            )
+            click.echo(f"{'':12}{', '.join(found.watches)}: {_hits_text(found)}")
+    papers_seen = sum(r.papers for r in days)
+    span = f"{since_day}" if since_day == until_day else f"{since_day} to {until_day}"
+    click.echo(
+        f"{total} matches among {papers_seen} papers first seen {span}, {len(people)} subscribers", err=True
+    )
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "--days", type=click.IntRange(1, 3660), default=30, show_default=True, help="Days to look back."
+)
+@click.pass_obj
+def backtest(obj, name, days):
+    """What NAME's watches would have sent over the last stored days, per day and in total.
+
+    Tune a watch before it goes live: a watch matching dozens of papers a day is too wide,
+    one matching nothing in a month may be too narrow (or misspelled).
+    """
+    subscriber = _find_subscriber(obj, name)
+    results = run_backtest(obj.store, subscriber, days)
+    if not results:
+        click.echo("no papers stored yet: run `paperbot fetch` or `paperbot import`", err=True)
+        return
+    watches = [w.name for w in subscriber.watches]
+    click.echo(f"{subscriber.id}: {len(watches)} watches over {results[0].day} to {results[-1].day}")
+    for number, watch in enumerate(subscriber.watches, 1):
+        click.echo(f"  W{number} = {watch.name}: {watch.query_text or '(thresholds only)'}")
+    columns = [f"W{n}" for n in range(1, len(watches) + 1)]
+    click.echo("day         papers " + " ".join(f"{c:>4}" for c in columns) + "  digest")
+    totals = [0] * len(watches)
+    sent = cut_days = 0
+    best: dict[str, list] = {w: [] for w in watches}
+    for result in results:
+        counts = [0] * len(watches)
+        for found in result.matches:
+            for watch in found.watches:
+                counts[watches.index(watch)] += 1
+                best[watch].append(found)
+        digest = min(len(result.matches), subscriber.max_papers)
+        cut_days += len(result.matches) > subscriber.max_papers
+        sent += digest
+        totals = [a + b for a, b in zip(totals, counts, strict=True)]
+        cells = " ".join(f"{c:>4}" for c in counts)
+        click.echo(f"{result.day}  {result.papers:>6} {cells}  {digest:>6}")
+    papers_total = sum(r.papers for r in results)
+    click.echo(f"{'total':<10}  {papers_total:>6} " + " ".join(f"{c:>4}" for c in totals) + f"  {sent:>6}")
+    if cut_days:
+        click.echo(f"on {cut_days} days the digest would be cut at max_papers = {subscriber.max_papers}")
+    for number, watch in enumerate(watches, 1):
+        top = sorted(best[watch], key=lambda m: -m.score)[:3]
+        if not top:
+            click.echo(f"W{number} {watch}: nothing in {len(results)} days")
+            continue
+        click.echo(f"W{number} {watch}, best matches:")
+        for found in top:
+            click.echo(f"    {found.paper.id:<11} {found.paper.title[:70]}  ({_hits_text(found)})")
 
 
 @main.command()

@@ -6,21 +6,32 @@ Matching, rendering and delivery join here as they are built.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from importlib import resources
 
 from bot.captures import read_capture
 from bot.config import Settings
 from bot.errors import SourceError
 from bot.fetch import Listing, fetch_listing, fetch_with_fallback
-from bot.models import FetchResult
+from bot.match import Match, WatchIndex, match_papers
+from bot.models import FetchResult, Subscriber
 from bot.store import SaveStats, Store
 from bot.transport import HttpClient
 
-__all__ = ["PollOutcome", "bundled_capture", "import_files", "make_client", "poll"]
+__all__ = [
+    "DayMatches",
+    "PollOutcome",
+    "backtest",
+    "bundled_capture",
+    "import_files",
+    "make_client",
+    "match_days",
+    "poll",
+]
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +131,40 @@ def import_files(store: Store, paths: list[str]) -> tuple[int, SaveStats]:
 def bundled_capture() -> str:
     """The path of the real capture shipped with the package, for --offline runs."""
     return str(resources.files("bot") / "data" / BUNDLED_CAPTURE)
+
+
+@dataclass(frozen=True, slots=True)
+class DayMatches:
+    """The matches among the papers of one UTC day (and the papers that rose on it)."""
+
+    day: date
+    papers: int  # papers first seen that day
+    matches: tuple[Match, ...]
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=UTC)
+
+
+def match_days(store: Store, subscribers: list[Subscriber], since: date, until: date) -> list[DayMatches]:
+    """Match every stored day from `since` to `until` (UTC days, inclusive) one day at a time,
+    as daily polls would have: rising watches compare a day's counts with the days before."""
+    index = WatchIndex(subscribers)
+    days = []
+    day = since
+    while day <= until:
+        window = store.window(_midnight(day), _midnight(day + timedelta(days=1)))
+        found = match_papers(window.papers, index, window.upvotes_before, window.risers)
+        days.append(DayMatches(day, len(window.papers), tuple(found)))
+        day += timedelta(days=1)
+    return days
+
+
+def backtest(store: Store, subscriber: Subscriber, days: int, until: date | None = None) -> list[DayMatches]:
+    """What `subscriber`'s watches would have matched on each of the last `days` stored days."""
+    until = until or store.latest_day()
+    if until is None:
+        return []
+    return match_days(
+        store, [dataclasses.replace(subscriber, paused=False)], until - timedelta(days=days - 1), until
+    )

@@ -36,6 +36,7 @@ __all__ = [
     "SaveStats",
     "SCHEMA_VERSION",
     "Store",
+    "Window",
     "format_time",
     "open_store",
 ]
@@ -97,6 +98,15 @@ class Crossing:
     paper: Paper
     before: int | None  # the highest count seen up to then (None: not seen before)
     now: int
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What a stretch of time [start, end) brought, with counts as they were at its end."""
+
+    papers: tuple[Paper, ...]  # first seen in the window
+    risers: tuple[Paper, ...]  # first seen before it and seen again in it (for rising watches)
+    upvotes_before: dict[str, int]  # the most upvotes each was seen with before the window
 
 
 def _row_to_paper(row: dict) -> Paper:
@@ -476,6 +486,45 @@ class Store:
             paper = _row_to_paper(row)
             crossings.append(Crossing(paper, before, paper.upvotes or 0))
         return crossings
+
+    def window(self, start: datetime, end: datetime) -> Window:
+        """The papers first seen in [start, end), those seen before and again in it, and
+        their upvotes, stars and comments as the last sighting before `end` had them, so a
+        window of the past reads as it was then rather than as it is now."""
+        first, last = format_time(start), format_time(end)
+        sql = """
+            select p.*,
+              (select max(coalesce(b.upvotes, 0)) from sightings b
+                 where b.paper_id = p.id and b.seen_at < :first) as seen_before,
+              (select json_array(s.upvotes, s.stars, s.comments) from sightings s
+                 where s.paper_id = p.id and s.seen_at < :last
+                 order by s.seen_at desc, s.id desc limit 1) as counts_then
+            from papers p
+            where (p.first_seen_at >= :first and p.first_seen_at < :last)
+               or (p.first_seen_at < :first and p.id in (
+                     select paper_id from sightings where seen_at >= :first and seen_at < :last))
+            order by p.first_seen_at, p.id
+        """
+        new, risers, before = [], [], {}
+        for row in self.db.query(sql, {"first": first, "last": last}):
+            seen_before, counts = row.pop("seen_before"), row.pop("counts_then")
+            paper = _row_to_paper(row)
+            if counts:
+                upvotes, stars, comments = json.loads(counts)
+                paper = paper.replace(
+                    upvotes=paper.upvotes if upvotes is None else upvotes,
+                    github_stars=paper.github_stars if stars is None else stars,
+                    num_comments=paper.num_comments if comments is None else comments,
+                )
+            if seen_before is not None:
+                before[paper.id] = seen_before
+            (new if row["first_seen_at"] >= first else risers).append(paper)
+        return Window(tuple(new), tuple(risers), before)
+
+    def latest_day(self) -> date | None:
+        """The UTC day of the most recent first sighting: the default day to look at."""
+        row = next(self.db.query("select max(first_seen_at) as last from papers"), None)
+        return date.fromisoformat(row["last"][:10]) if row and row["last"] else None
 
     def sightings(self, paper_id: str) -> list[dict]:
         """The history of one paper, oldest first."""
