@@ -332,7 +332,7 @@ def status(obj):
 def config(obj):
     """Print the effective settings (secrets masked) and where each came from."""
     for key, shown, origin in describe_settings(obj.settings):
-        click.echo(f"{key:<22} = {shown:<32} ({origin})")
+        click.echo(f"{key:<24} = {shown:<32} ({origin})")
 
 
 @main.command()

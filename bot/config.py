@@ -48,6 +48,17 @@ def _url(value: object) -> str | None:
     return None if str(value).startswith(("http://", "https://")) else "must start with http:// or https://"
 
 
+def _one_of(*choices: str) -> Callable[[object], str | None]:
+    def check(value: object) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _address(value: object) -> str | None:
+    return None if "@" in str(value) else 'must be an address, e.g. "paperbot <papers@example.org>"'
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("database.path", str, "./paperbot.db", "the SQLite database (also --db, PAPERBOT_DB)"),
     Setting("hf.base_url", str, "https://huggingface.co", "where Hugging Face is", check=_url),
@@ -69,6 +80,62 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hf.page_size", int, 100, "papers asked for per API page", check=_positive),
     Setting("poll.interval_minutes", int, 30, "minutes between polls in `paperbot run`", check=_positive),
     Setting("poll.refresh_days", int, 3, "recent days re-read each poll so counts move", check=_not_negative),
+    Setting(
+        "mail.transport",
+        str,
+        "outbox",
+        "outbox (write .eml files) or smtp",
+        check=_one_of("outbox", "smtp"),
+    ),
+    Setting("mail.outbox", str, "./outbox", "the folder the outbox writes .eml files to"),
+    Setting("mail.from", str, "paperbot <paperbot@localhost>", "the From of every digest", check=_address),
+    Setting(
+        "mail.unsubscribe_to",
+        str,
+        None,
+        "the mailto: of List-Unsubscribe (default: unsubscribe@ the From domain)",
+        check=_address,
+    ),
+    Setting("smtp.host", str, "localhost", "the SMTP server"),
+    Setting("smtp.port", int, 587, "its port (587 STARTTLS, 465 TLS, 25 plain)", check=_positive),
+    Setting(
+        "smtp.security", str, "starttls", "starttls, tls or none", check=_one_of("starttls", "tls", "none")
+    ),
+    Setting("smtp.username", str, None, "the SMTP login, if the server asks for one"),
+    Setting("smtp.password", str, None, "the SMTP password", secret=True),
+    Setting("smtp.timeout", float, 30.0, "seconds before an SMTP command times out", check=_positive),
+    Setting(
+        "smtp.rate", float, 0.0, "at most this many messages a second (0: no limit)", check=_not_negative
+    ),
+    Setting("web.base_url", str, "http://localhost:8000", "where `paperbot serve` is reached", check=_url),
+    Setting(
+        "web.secret",
+        str,
+        None,
+        "signs unsubscribe and manage links (default: a random key kept in the database)",
+        secret=True,
+    ),
+    Setting(
+        "delivery.max_attempts",
+        int,
+        8,
+        "tries of a message before a transient failure counts as permanent",
+        check=_positive,
+    ),
+    Setting(
+        "delivery.retry_minutes",
+        float,
+        5.0,
+        "minutes before the first retry of a failed send; doubles each time",
+        check=_not_negative,
+    ),
+    Setting(
+        "delivery.suppress_after",
+        int,
+        3,
+        "permanent failures in a row before an address is suppressed",
+        check=_positive,
+    ),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 _ALIASES = {"database.path": ("PAPERBOT_DB",), "hf.token": ("HF_TOKEN",)}

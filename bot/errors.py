@@ -10,13 +10,19 @@ traceback.
     │   └── FetchError       the request itself failed (network, timeout, HTTP status)
     ├── StoreError           the database cannot be used as it is
     ├── QueryError           a watch query is malformed (shows a caret under the problem)
-    └── SubscriptionError    a subscription file is wrong (names the file, key and fix)
+    ├── SubscriptionError    a subscription file is wrong (names the file, key and fix)
+    └── DeliveryError        a channel did not take a message
+        ├── TransientError   try again later (4xx, connection lost, timeout, 429)
+        └── PermanentError   do not retry this message (5xx from SMTP, 4xx from a webhook)
 """
 
 from __future__ import annotations
 
 __all__ = [
     "BotError",
+    "DeliveryError",
+    "PermanentError",
+    "TransientError",
     "FetchError",
     "QueryError",
     "SettingsError",
@@ -83,3 +89,22 @@ class SubscriptionError(BotError):
         where = path + (f":{line}" if line else "")
         what = f" key '{key}':" if key else ""
         super().__init__(f"{where}:{what} {message}")
+
+
+class DeliveryError(BotError):
+    """A channel did not take a message. ``retry_after`` is the seconds the receiver asked
+    to wait (Retry-After), when it said."""
+
+    exit_code = 5
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class TransientError(DeliveryError):
+    """Worth trying again later: a 4xx SMTP reply, a dropped connection, a timeout, a 429."""
+
+
+class PermanentError(DeliveryError):
+    """Trying again will not help: a 5xx SMTP reply, a webhook's 4xx, a channel gone."""

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
 
-__all__ = ["Schedule", "next_run", "parse_schedule"]
+__all__ = ["Period", "Schedule", "due_period", "next_run", "parse_schedule", "trigger_for"]
 
 _DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _DAILY = re.compile(r"^daily(?:\s+at)?\s+(\d{1,2}):(\d{2})$", re.I)
@@ -82,3 +82,57 @@ def next_run(schedule: Schedule, zone: str, after: datetime) -> datetime | None:
     if schedule.cron is None:
         return None
     return trigger_for(schedule, zone).get_next_fire_time(None, after)
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """One firing of a digest schedule: its ledger key and how the subscriber reads it."""
+
+    key: str  # "2026-06-12" (daily), "2026-W24" (weekly), "2026-06-12T18:00" (other cron)
+    label: str  # "Fri 12 Jun 2026", in the subscriber's zone
+    fired_at: datetime  # aware, in the subscriber's zone
+
+
+# How far back to look for the latest firing: a minute-by-minute cron is found in the first
+# hour, a yearly one in the last step, and no step walks more than a few thousand firings.
+_LOOKBACK = (
+    timedelta(hours=1),
+    timedelta(days=2),
+    timedelta(days=9),
+    timedelta(days=32),
+    timedelta(days=367),
+)
+
+
+def latest_fire(schedule: Schedule, zone: str, now: datetime) -> datetime | None:
+    """The last time at or before `now` at which the schedule fired, or None."""
+    if schedule.cron is None:
+        return None
+    trigger = trigger_for(schedule, zone)
+    for back in _LOOKBACK:
+        fire = trigger.get_next_fire_time(None, now - back)
+        if fire is None or fire > now:
+            continue
+        while True:
+            following = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
+            if following is None or following > now:
+                return fire
+            fire = following
+    return None
+
+
+def due_period(schedule: Schedule, zone: str, now: datetime) -> Period | None:
+    """The period whose digest is due at `now`: the schedule's latest firing, or None."""
+    fired = latest_fire(schedule, zone, now)
+    if fired is None:
+        return None
+    local = fired.astimezone(ZoneInfo(zone))
+    text = schedule.text.lower()
+    if text.startswith("daily"):
+        key = local.date().isoformat()
+    elif text.startswith("weekly"):
+        year, week, _ = local.isocalendar()
+        key = f"{year}-W{week:02d}"
+    else:
+        key = local.strftime("%Y-%m-%dT%H:%M")
+    return Period(key, f"{local:%a} {local.day} {local:%b %Y}", local)

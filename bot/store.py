@@ -20,8 +20,9 @@ import json
 import logging
 import sqlite3
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import sqlite_utils
@@ -32,6 +33,7 @@ from bot.models import FetchResult, Paper
 
 __all__ = [
     "Crossing",
+    "Delivery",
     "FetchRecord",
     "SaveStats",
     "SCHEMA_VERSION",
@@ -98,6 +100,29 @@ class Crossing:
     paper: Paper
     before: int | None  # the highest count seen up to then (None: not seen before)
     now: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One digest (or alert) in the ledger: to whom, on which channel, for which period."""
+
+    id: int
+    subscriber_id: str
+    channel: str
+    kind: str
+    period: str
+    recipient: str
+    state: str  # new (papers reserved, not rendered), pending, sending, sent, failed
+    attempts: int
+    paper_ids: tuple[str, ...]
+    message_id: str | None = None
+    message: bytes | None = None
+    subject: str | None = None
+    last_error: str | None = None
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    next_attempt_at: datetime | None = None
+    sent_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +258,51 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_migrate_1]
+def _migrate_2(db: sqlite_utils.Database) -> None:
+    """The delivery ledger: one row per digest or alert, the papers it carries, suppressions."""
+    db["deliveries"].create(
+        {
+            "id": int,
+            "subscriber_id": str,
+            "channel": str,  # the channel's name in the subscriber's file
+            "kind": str,  # email, slack, webhook, apprise
+            "period": str,  # the digest's period, e.g. "2026-06-12 08:00", or "instant ..."
+            "recipient": str,  # an address, never a secret URL
+            "state": str,  # new, pending, sending, sent, failed
+            "attempts": int,
+            "next_attempt_at": str,
+            "claimed_by": str,
+            "claimed_until": str,
+            "last_error": str,
+            "message_id": str,
+            "message": bytes,
+            "subject": str,
+            "window_start": str,
+            "window_end": str,
+            "created_at": str,
+            "sent_at": str,
+        },
+        pk="id",
+        not_null={"subscriber_id", "channel", "kind", "period", "state"},
+        defaults={"attempts": 0},
+    )
+    db["deliveries"].create_index(["subscriber_id", "channel", "period"], unique=True)
+    db["deliveries"].create_index(["state"])
+    db["delivery_papers"].create(
+        {"delivery_id": int, "subscriber_id": str, "channel": str, "paper_id": str, "rank": int},
+        foreign_keys=[("delivery_id", "deliveries", "id")],
+    )
+    # The rule itself: a paper goes to a subscriber's channel once, whatever runs or crashes.
+    db["delivery_papers"].create_index(["subscriber_id", "channel", "paper_id"], unique=True)
+    db["delivery_papers"].create_index(["delivery_id"])
+    db["suppressions"].create(
+        {"subscriber_id": str, "channel": str, "recipient": str, "reason": str, "created_at": str},
+        pk=("subscriber_id", "channel"),
+    )
+    db["meta"].create({"key": str, "value": str}, pk="key")
+
+
+MIGRATIONS = [_migrate_1, _migrate_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _PAPER_COLUMNS = (
@@ -486,6 +555,268 @@ class Store:
             paper = _row_to_paper(row)
             crossings.append(Crossing(paper, before, paper.upvotes or 0))
         return crossings
+
+    # -- the delivery ledger ---------------------------------------------------------------
+
+    @contextmanager
+    def _immediate(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction taken at once, so two processes never interleave a decision."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            conn.commit()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+    def _delivery(self, row: dict) -> Delivery:
+        papers = [
+            r["paper_id"]
+            for r in self.db.query(
+                "select paper_id from delivery_papers where delivery_id = ? order by rank", [row["id"]]
+            )
+        ]
+        return Delivery(
+            id=row["id"],
+            subscriber_id=row["subscriber_id"],
+            channel=row["channel"],
+            kind=row["kind"],
+            period=row["period"],
+            recipient=row["recipient"] or "",
+            state=row["state"],
+            attempts=row["attempts"] or 0,
+            paper_ids=tuple(papers),
+            message_id=row["message_id"],
+            message=row["message"],
+            subject=row["subject"],
+            last_error=row["last_error"],
+            window_start=_parse_time(row["window_start"]),
+            window_end=_parse_time(row["window_end"]),
+            next_attempt_at=_parse_time(row["next_attempt_at"]),
+            sent_at=_parse_time(row["sent_at"]),
+        )
+
+    def get_delivery(self, delivery_id: int) -> Delivery | None:
+        """One ledger row, with its papers."""
+        row = next(self.db.query("select * from deliveries where id = ?", [delivery_id]), None)
+        return self._delivery(row) if row else None
+
+    def find_delivery(self, subscriber_id: str, channel: str, period: str) -> Delivery | None:
+        """The digest of this subscriber, channel and period, if the ledger has it."""
+        row = next(
+            self.db.query(
+                "select * from deliveries where subscriber_id = ? and channel = ? and period = ?",
+                [subscriber_id, channel, period],
+            ),
+            None,
+        )
+        return self._delivery(row) if row else None
+
+    def reserve_delivery(
+        self,
+        *,
+        subscriber_id: str,
+        channel: str,
+        kind: str,
+        period: str,
+        recipient: str,
+        paper_ids: Iterable[str],
+        window_start: datetime,
+        window_end: datetime,
+        now: datetime,
+    ) -> Delivery:
+        """Create the ledger row of one digest and reserve its papers, in one transaction.
+
+        Papers already reserved for this subscriber and channel (by any earlier digest) are
+        left out, so no paper is ever sent twice. If the ledger already has this digest, it is
+        returned unchanged: reserving is idempotent, and safe when two processes race.
+        """
+        with self._immediate() as conn:
+            existing = self.find_delivery(subscriber_id, channel, period)
+            if existing is not None:
+                return existing
+            wanted = list(dict.fromkeys(paper_ids))
+            taken = self.delivered_papers(subscriber_id, channel, wanted)
+            fresh = [paper_id for paper_id in wanted if paper_id not in taken]
+            cursor = conn.execute(
+                "insert into deliveries (subscriber_id, channel, kind, period, recipient, state, attempts,"
+                " window_start, window_end, created_at) values (?, ?, ?, ?, ?, 'new', 0, ?, ?, ?)",
+                [
+                    subscriber_id,
+                    channel,
+                    kind,
+                    period,
+                    recipient,
+                    format_time(window_start),
+                    format_time(window_end),
+                    format_time(now),
+                ],
+            )
+            delivery_id = cursor.lastrowid
+            conn.executemany(
+                "insert into delivery_papers (delivery_id, subscriber_id, channel, paper_id, rank)"
+                " values (?, ?, ?, ?, ?)",
+                [(delivery_id, subscriber_id, channel, pid, rank) for rank, pid in enumerate(fresh, 1)],
+            )
+        return self.get_delivery(delivery_id)
+
+    def delivered_papers(self, subscriber_id: str, channel: str, paper_ids: list[str]) -> set[str]:
+        """Which of these papers a digest of this subscriber and channel already holds."""
+        taken: set[str] = set()
+        for start in range(0, len(paper_ids), 500):
+            chunk = paper_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            taken.update(
+                row[0]
+                for row in self.db.execute(
+                    "select paper_id from delivery_papers where subscriber_id = ? and channel = ?"
+                    f" and paper_id in ({marks})",
+                    [subscriber_id, channel, *chunk],
+                )
+            )
+        return taken
+
+    def attach_message(self, delivery_id: int, *, message: bytes, message_id: str, subject: str) -> None:
+        """Store the rendered message of a reserved digest: every retry sends these bytes."""
+        with self._immediate() as conn:
+            conn.execute(
+                "update deliveries set message = ?, message_id = ?, subject = ?, state = 'pending'"
+                " where id = ? and state = 'new'",
+                [message, message_id, subject, delivery_id],
+            )
+
+    def deliveries_to_render(self) -> list[Delivery]:
+        """Digests whose papers are reserved but whose message was never stored (a crash)."""
+        return [self._delivery(r) for r in self.db.query("select * from deliveries where state = 'new'")]
+
+    def deliveries_to_send(self, now: datetime) -> list[Delivery]:
+        """Pending digests whose time has come, and those whose sender died mid-send."""
+        stamp = format_time(now)
+        rows = self.db.query(
+            "select * from deliveries where (state = 'pending' and coalesce(next_attempt_at, '') <= ?)"
+            " or (state = 'sending' and claimed_until < ?) order by created_at, id",
+            [stamp, stamp],
+        )
+        return [self._delivery(row) for row in rows]
+
+    def claim_delivery(self, delivery_id: int, owner: str, now: datetime, lease: timedelta) -> bool:
+        """Take one digest for sending. Only one process can hold it; a lease that runs out
+        (its sender was killed) frees it again. Counts the attempt."""
+        stamp = format_time(now)
+        with self._immediate() as conn:
+            cursor = conn.execute(
+                "update deliveries set state = 'sending', claimed_by = ?, claimed_until = ?,"
+                " attempts = attempts + 1 where id = ? and ("
+                " (state = 'pending' and coalesce(next_attempt_at, '') <= ?)"
+                " or (state = 'sending' and claimed_until < ?))",
+                [owner, format_time(now + lease), delivery_id, stamp, stamp],
+            )
+            return cursor.rowcount == 1
+
+    def mark_sent(self, delivery_id: int, now: datetime) -> None:
+        """Record that the server accepted the digest. Nothing will send it again."""
+        with self._immediate() as conn:
+            conn.execute(
+                "update deliveries set state = 'sent', sent_at = ?, last_error = null, claimed_until = null"
+                " where id = ?",
+                [format_time(now), delivery_id],
+            )
+
+    def mark_retry(self, delivery_id: int, error: str, next_attempt_at: datetime) -> None:
+        """A transient failure: try again at `next_attempt_at`."""
+        with self._immediate() as conn:
+            conn.execute(
+                "update deliveries set state = 'pending', last_error = ?, next_attempt_at = ?,"
+                " claimed_until = null where id = ?",
+                [error, format_time(next_attempt_at), delivery_id],
+            )
+
+    def mark_failed(self, delivery_id: int, error: str) -> int:
+        """A permanent failure. Returns how many digests to that subscriber and channel failed
+        permanently since the last one that was sent."""
+        with self._immediate() as conn:
+            conn.execute(
+                "update deliveries set state = 'failed', last_error = ?, claimed_until = null where id = ?",
+                [error, delivery_id],
+            )
+            row = conn.execute(
+                "select subscriber_id, channel from deliveries where id = ?", [delivery_id]
+            ).fetchone()
+            last_sent = conn.execute(
+                "select coalesce(max(id), 0) from deliveries where subscriber_id = ? and channel = ?"
+                " and state = 'sent'",
+                row,
+            ).fetchone()[0]
+            return conn.execute(
+                "select count(*) from deliveries where subscriber_id = ? and channel = ?"
+                " and state = 'failed' and id > ?",
+                [*row, last_sent],
+            ).fetchone()[0]
+
+    def suppress(self, subscriber_id: str, channel: str, recipient: str, reason: str, now: datetime) -> None:
+        """Stop sending to this subscriber's channel, saying why (shown by `paperbot status`)."""
+        with self._immediate() as conn:
+            conn.execute(
+                "insert or replace into suppressions (subscriber_id, channel, recipient, reason, created_at)"
+                " values (?, ?, ?, ?, ?)",
+                [subscriber_id, channel, recipient, reason, format_time(now)],
+            )
+
+    def suppression(self, subscriber_id: str, channel: str) -> str | None:
+        """Why this subscriber's channel is suppressed, or None."""
+        row = next(
+            self.db.query(
+                "select reason from suppressions where subscriber_id = ? and channel = ?",
+                [subscriber_id, channel],
+            ),
+            None,
+        )
+        return row["reason"] if row else None
+
+    def suppressions(self) -> list[dict]:
+        """Every suppressed subscriber channel, with its reason."""
+        return list(self.db.query("select * from suppressions order by created_at"))
+
+    def last_window_end(self, subscriber_id: str, channel: str) -> datetime | None:
+        """Where the next digest's window starts: the end of the last one made."""
+        row = next(
+            self.db.query(
+                "select max(window_end) as last from deliveries where subscriber_id = ? and channel = ?"
+                " and period not like 'instant%'",
+                [subscriber_id, channel],
+            ),
+            None,
+        )
+        return _parse_time(row["last"]) if row and row["last"] else None
+
+    def delivery_counts(self) -> dict[str, int]:
+        """How many ledger rows are in each state."""
+        return {
+            row["state"]: row["n"]
+            for row in self.db.query("select state, count(*) as n from deliveries group by state")
+        }
+
+    def troubled_deliveries(self) -> list[Delivery]:
+        """Digests waiting for a retry or failed for good, newest first, for `paperbot status`."""
+        rows = self.db.query(
+            "select * from deliveries where state = 'failed' or (state = 'pending' and attempts > 0)"
+            " or state = 'sending' order by id desc limit 50"
+        )
+        return [self._delivery(row) for row in rows]
+
+    def get_meta(self, key: str) -> str | None:
+        """A value paperbot keeps for itself (e.g. a generated signing key)."""
+        row = next(self.db.query("select value from meta where key = ?", [key]), None)
+        return row["value"] if row else None
+
+    def set_meta_once(self, key: str, value: str) -> str:
+        """Keep `value` under `key` unless one is there already; return the one kept."""
+        with self._immediate() as conn:
+            conn.execute("insert or ignore into meta (key, value) values (?, ?)", [key, value])
+        return self.get_meta(key)
 
     def window(self, start: datetime, end: datetime) -> Window:
         """The papers first seen in [start, end), those seen before and again in it, and

@@ -53,3 +53,54 @@ def make_settings(monkeypatch, tmp_path):
 
     monkeypatch.chdir(tmp_path)
     return build
+
+
+class SmtpRecorder:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 that records what it accepts.
+
+    `replies` scripts the answers to the next messages' DATA: "451 4.3.0 later", "550 5.1.1
+    no such user", or "drop" (close the connection before answering the final dot, as a
+    crash mid-DATA does); once they run out, every message gets 250.
+    """
+
+    def __init__(self):
+        self.replies: list[str] = []
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        self.sessions = 0
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_DATA(self, server, session, envelope):
+        reply = self.replies.pop(0) if self.replies else "250 2.0.0 OK"
+        if reply == "drop":
+            server.transport.abort()
+            return "451 4.3.0 dropped"
+        if reply.startswith("250"):
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return reply
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server on 127.0.0.1; `.port`, `.handler.messages`, `.handler.replies`."""
+    from aiosmtpd.controller import Controller
+
+    handler = SmtpRecorder()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    controller.handler = handler
+    try:
+        yield controller
+    finally:
+        controller.stop()

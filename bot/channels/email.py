@@ -1,0 +1,185 @@
+"""Email senders: SMTP (one connection reused for a batch, rate-limited) and a local outbox.
+
+The only module that imports smtplib. SMTP replies are sorted the way RFC 5321 means them:
+4xx is "try again later" (TransientError), 5xx is "do not" (PermanentError); a connection
+lost or timed out mid-message is transient, since the server did not say 250.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import smtplib
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bot.errors import PermanentError, SettingsError, TransientError
+from bot.store import Delivery
+
+__all__ = ["OutboxSender", "SmtpSender"]
+
+log = logging.getLogger(__name__)
+
+SECURITY = ("starttls", "tls", "none")
+
+
+def _reply_error(code: int, text: bytes | str, what: str) -> TransientError | PermanentError:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    message = f"{what}: {code} {text}".strip()
+    return TransientError(message) if 400 <= code < 500 else PermanentError(message)
+
+
+class SmtpSender:
+    """Sends over SMTP: STARTTLS, implicit TLS or plain; login when a user is set."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        sender: str,
+        security: str = "starttls",
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 30.0,
+        rate: float = 0.0,
+        tls_context: ssl.SSLContext | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if security not in SECURITY:
+            raise SettingsError(f"smtp.security = {security!r}: write one of {', '.join(SECURITY)}")
+        self.host, self.port, self.sender = host, port, sender
+        self.security, self.username, self.password = security, username, password
+        self.timeout = timeout
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.tls_context = tls_context or ssl.create_default_context()
+        self._sleep, self._clock = sleep, clock
+        self._smtp: smtplib.SMTP | None = None
+        self._last_send: float | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        try:
+            if self.security == "tls":
+                smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self.tls_context)
+            else:
+                smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+                if self.security == "starttls":
+                    smtp.starttls(context=self.tls_context)
+            if self.username:
+                smtp.login(self.username, self.password or "")
+        except smtplib.SMTPAuthenticationError as error:
+            # The operator's settings, not the subscriber: retry once they are fixed.
+            raise TransientError(
+                f"SMTP login to {self.host} failed ({error.smtp_code}): check PAPERBOT_SMTP_USERNAME "
+                "and PAPERBOT_SMTP_PASSWORD"
+            ) from None
+        except smtplib.SMTPNotSupportedError:
+            raise TransientError(
+                f'{self.host}:{self.port} does not offer STARTTLS: set smtp.security to "tls" or "none"'
+            ) from None
+        except (OSError, smtplib.SMTPException) as error:
+            raise TransientError(f"cannot reach the SMTP server {self.host}:{self.port}: {error}") from None
+        log.debug("connected to %s:%d (%s)", self.host, self.port, self.security)
+        return smtp
+
+    def _wait_for_rate(self) -> None:
+        if self.interval and self._last_send is not None:
+            wait = self._last_send + self.interval - self._clock()
+            if wait > 0:
+                self._sleep(wait)
+        self._last_send = self._clock()
+
+    def send(self, delivery: Delivery) -> None:
+        """Send the delivery's stored bytes to its recipient, reusing the open connection."""
+        if not delivery.message:
+            raise PermanentError(f"delivery {delivery.id} has no rendered message")
+        self._wait_for_rate()
+        if self._smtp is None:
+            self._smtp = self._connect()
+        try:
+            refused = self._smtp.sendmail(self.sender, [delivery.recipient], delivery.message)
+        except smtplib.SMTPRecipientsRefused as error:
+            self._reset()
+            code, text = next(iter(error.recipients.values()))
+            raise _reply_error(code, text, f"the server refused {delivery.recipient}") from None
+        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as error:
+            self._reset()
+            raise _reply_error(error.smtp_code, error.smtp_error, "the server refused the message") from None
+        except (smtplib.SMTPServerDisconnected, OSError) as error:
+            # Lost before the final 250: the server has not taken it. Retry on a new connection.
+            self._drop()
+            raise TransientError(
+                f"the connection to {self.host} was lost: {error or 'disconnected'}"
+            ) from None
+        except smtplib.SMTPResponseException as error:
+            self._reset()
+            raise _reply_error(error.smtp_code, error.smtp_error, "the server answered") from None
+        if refused:  # only some recipients refused; we send to one, so this is that one
+            code, text = next(iter(refused.values()))
+            raise _reply_error(code, text, f"the server refused {delivery.recipient}")
+
+    def _reset(self) -> None:
+        try:
+            if self._smtp is not None:
+                self._smtp.rset()
+        except (OSError, smtplib.SMTPException):
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.close()
+            except OSError:
+                pass
+        self._smtp = None
+
+    def close(self) -> None:
+        """Say QUIT and close the connection, if one is open."""
+        if self._smtp is not None:
+            try:
+                self._smtp.quit()
+            except (OSError, smtplib.SMTPException):
+                pass
+            self._drop()
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class OutboxSender:
+    """Writes each message as an .eml file into a folder: the default, needing no mail server.
+
+    The file is named by the digest's identity, written to a temporary name and renamed, so a
+    retry rewrites the same file and a crash never leaves half a message.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def path_for(self, delivery: Delivery) -> Path:
+        """Where this delivery's message is written."""
+        name = "-".join(
+            _UNSAFE.sub("_", part) for part in (delivery.period, delivery.subscriber_id, delivery.channel)
+        )
+        return self.folder / f"{name}.eml"
+
+    def send(self, delivery: Delivery) -> None:
+        """Write the message file (atomically)."""
+        if not delivery.message:
+            raise PermanentError(f"delivery {delivery.id} has no rendered message")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            final = self.path_for(delivery)
+            partial = final.with_suffix(".eml.part")
+            partial.write_bytes(delivery.message)
+            os.replace(partial, final)
+        except OSError as error:
+            raise TransientError(f"cannot write to the outbox {self.folder}: {error.strerror}") from None
+
+    def close(self) -> None:
+        """Nothing to close."""

@@ -1,0 +1,332 @@
+"""Delivery: decide which digests are due, reserve their papers in the ledger, send them.
+
+The ledger (bot.store) is what makes it safe. A digest is one row per (subscriber, channel,
+period), created together with the reservation of its papers in one transaction, so a paper
+is never put in two digests of the same subscriber and channel. Its rendered bytes are
+stored before the first attempt, so a retry sends the same message with the same
+Message-ID. Sending claims the row (a lease, so two processes never send it at once), hands
+the bytes to the channel, and records "sent" right after the server's 250: that gap is the
+only place a duplicate can come from (see the README).
+
+    plan_digests ──> reserve_digests ──> send_due
+     (read-only)     (ledger rows, bytes)  (claim, send, record)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+
+from bot.channels import Sender
+from bot.errors import DeliveryError, PermanentError
+from bot.match import Match, WatchIndex, match_papers
+from bot.models import Channel, Subscriber
+from bot.schedule import Period, due_period
+from bot.store import Delivery, Store
+
+__all__ = [
+    "DigestPlan",
+    "Outcome",
+    "RetryPolicy",
+    "Skip",
+    "plan_digests",
+    "rank_matches",
+    "reserve_digest",
+    "send_due",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DigestPlan:
+    """A digest that is due: for whom, where, which period, which window, which matches."""
+
+    subscriber: Subscriber
+    channel: Channel
+    period: Period
+    window_start: datetime
+    window_end: datetime
+    matches: tuple[Match, ...]  # ranked, papers already delivered left out, not yet cut
+    papers_in_window: int
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """A subscriber's channel with nothing to send this run, and why (for the log)."""
+
+    subscriber_id: str
+    channel: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one delivery in this run."""
+
+    delivery: Delivery
+    status: str  # sent, retry, failed, suppressed, busy (another process has it)
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When to try a failed send again, and when to give up on an address."""
+
+    max_attempts: int = 8
+    first_wait: timedelta = timedelta(minutes=5)  # doubles after each attempt
+    suppress_after: int = 3  # permanent failures in a row
+    lease: timedelta = timedelta(minutes=5)  # how long a claim holds before a crash frees it
+
+    def next_attempt(self, attempts: int, now: datetime, retry_after: float | None) -> datetime:
+        wait = self.first_wait * (2 ** max(attempts - 1, 0))
+        if retry_after:
+            wait = max(wait, timedelta(seconds=retry_after))
+        return now + wait
+
+
+def rank_matches(matches: Iterable[Match]) -> list[Match]:
+    """Best first: score, then upvotes, then id (stable, so a re-run ranks the same)."""
+    return sorted(matches, key=lambda m: (-m.score, -(m.paper.upvotes or 0), m.paper.id))
+
+
+def _routed(match: Match, subscriber: Subscriber, channel: Channel) -> Match | None:
+    """The match as this channel's digest sees it: only the watches routed to it."""
+    watches = {w.name: w for w in subscriber.watches}
+    kept = tuple(
+        name
+        for name in match.watches
+        if watches[name].delivery == "digest"
+        and (not watches[name].channels or channel.name in watches[name].channels)
+    )
+    if not kept:
+        return None
+    if kept == match.watches:
+        return match
+    return Match(match.subscriber_id, match.paper, kept, match.score, match.hits, match.reasons)
+
+
+def plan_digests(
+    store: Store,
+    subscribers: Iterable[Subscriber],
+    now: datetime,
+    *,
+    kinds: Iterable[str] = ("email",),
+    backfill_days: int = 1,
+) -> tuple[list[DigestPlan], list[Skip]]:
+    """The digests due at `now`, read from the store; nothing is written.
+
+    A digest covers the papers first seen since the previous digest of that subscriber and
+    channel. The first one covers only the latest stored day (`backfill_days` for more), so
+    a new subscriber or a freshly imported history is not a flood.
+    """
+    kinds = set(kinds)
+    latest = store.latest_day()
+    due: list[tuple[Subscriber, Channel, Period, datetime]] = []
+    skips: list[Skip] = []
+    for subscriber in subscribers:
+        if subscriber.paused:
+            skips.append(Skip(subscriber.id, "*", "paused"))
+            continue
+        period = due_period(subscriber.schedule, subscriber.timezone, now)
+        for channel in subscriber.channels:
+            if channel.kind not in kinds:
+                continue
+            reason = store.suppression(subscriber.id, channel.name)
+            if reason:
+                skips.append(Skip(subscriber.id, channel.name, f"suppressed: {reason}"))
+                continue
+            if period is None:
+                skips.append(Skip(subscriber.id, channel.name, "no digest schedule"))
+                continue
+            if store.find_delivery(subscriber.id, channel.name, period.key):
+                continue  # already made; send_due takes care of it
+            start = store.last_window_end(subscriber.id, channel.name)
+            if start is None:
+                if latest is None:
+                    skips.append(Skip(subscriber.id, channel.name, "no papers stored yet"))
+                    continue
+                start = datetime.combine(latest, time(0), tzinfo=UTC) - timedelta(days=backfill_days - 1)
+            due.append((subscriber, channel, period, start))
+
+    plans: list[DigestPlan] = []
+    by_start: dict[datetime, list[tuple[Subscriber, Channel, Period]]] = {}
+    for subscriber, channel, period, start in due:
+        by_start.setdefault(start, []).append((subscriber, channel, period))
+    # Subscribers whose last digest ended at the same time share one window and one index.
+    for start, group in by_start.items():
+        window = store.window(start, now)
+        people = list({s.id: s for s, _, _ in group}.values())
+        found: dict[str, list[Match]] = {}
+        for match in match_papers(window.papers, WatchIndex(people), window.upvotes_before, window.risers):
+            found.setdefault(match.subscriber_id, []).append(match)
+        for subscriber, channel, period in group:
+            if not window.papers and not window.risers:
+                skips.append(
+                    Skip(
+                        subscriber.id,
+                        channel.name,
+                        f"no new papers upstream since {start:%Y-%m-%d %H:%M} UTC",
+                    )
+                )
+                continue
+            routed = [m for m in (_routed(m, subscriber, channel) for m in found.get(subscriber.id, [])) if m]
+            already = store.delivered_papers(subscriber.id, channel.name, [m.paper.id for m in routed])
+            fresh = rank_matches(m for m in routed if m.paper.id not in already)
+            if not fresh and not subscriber.send_empty:
+                skips.append(Skip(subscriber.id, channel.name, "nothing new matched"))
+                continue
+            plans.append(
+                DigestPlan(subscriber, channel, period, start, now, tuple(fresh), len(window.papers))
+            )
+    return plans, skips
+
+
+Compose = Callable[[DigestPlan, tuple[Match, ...], int], tuple[bytes, str, str]]
+"""Renders a plan's shown matches (and the total before the cut) to (bytes, message id, subject)."""
+
+
+def reserve_digest(store: Store, plan: DigestPlan, compose: Compose, now: datetime) -> Delivery:
+    """Put a planned digest in the ledger with its papers, then its rendered message."""
+    shown = plan.matches[: plan.subscriber.max_papers]
+    delivery = store.reserve_delivery(
+        subscriber_id=plan.subscriber.id,
+        channel=plan.channel.name,
+        kind=plan.channel.kind,
+        period=plan.period.key,
+        recipient=plan.channel.target,
+        paper_ids=[m.paper.id for m in shown],
+        window_start=plan.window_start,
+        window_end=plan.window_end,
+        now=now,
+    )
+    if delivery.state != "new":
+        return delivery  # another process made it first
+    # Render exactly the papers the ledger reserved (a racing digest may have taken some).
+    reserved = set(delivery.paper_ids)
+    shown = tuple(m for m in shown if m.paper.id in reserved)
+    total = len(plan.matches) - (len(plan.matches[: plan.subscriber.max_papers]) - len(shown))
+    message, message_id, subject = compose(plan, shown, total)
+    store.attach_message(delivery.id, message=message, message_id=message_id, subject=subject)
+    return store.get_delivery(delivery.id)
+
+
+def finish_interrupted(
+    store: Store, subscribers: Iterable[Subscriber], compose: Compose, now: datetime
+) -> list[Delivery]:
+    """Render the digests whose papers were reserved by a run that died before storing the
+    message: the same papers, matched again for their watches and highlights."""
+    people = {s.id: s for s in subscribers}
+    finished = []
+    for delivery in store.deliveries_to_render():
+        subscriber = people.get(delivery.subscriber_id)
+        channel = (
+            next((c for c in subscriber.channels if c.name == delivery.channel), None) if subscriber else None
+        )
+        if channel is None:
+            store.mark_failed(delivery.id, "the subscriber or channel no longer exists")
+            continue
+        papers = [p for p in (store.get_paper(pid) for pid in delivery.paper_ids) if p]
+        matched = {m.paper.id: m for m in match_papers(papers, WatchIndex([subscriber]))}
+        shown = tuple(matched.get(p.id) or Match(subscriber.id, p, (), 0.0, ()) for p in papers)
+        plan = DigestPlan(
+            subscriber,
+            channel,
+            Period(delivery.period, delivery.period, now),
+            delivery.window_start or now,
+            delivery.window_end or now,
+            shown,
+            len(papers),
+        )
+        message, message_id, subject = compose(plan, shown, len(shown))
+        store.attach_message(delivery.id, message=message, message_id=message_id, subject=subject)
+        finished.append(store.get_delivery(delivery.id))
+    return finished
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def send_due(
+    store: Store,
+    senders: Mapping[str, Sender],
+    now: Callable[[], datetime],
+    policy: RetryPolicy = RetryPolicy(),
+) -> list[Outcome]:
+    """Send every delivery whose time has come. One failure never holds up the others."""
+    owner = _owner()
+    outcomes: list[Outcome] = []
+    for delivery in store.deliveries_to_send(now()):
+        sender = senders.get(delivery.kind)
+        if sender is None:
+            continue  # a kind this run does not send (e.g. webhooks while only email is set up)
+        reason = store.suppression(delivery.subscriber_id, delivery.channel)
+        if reason:
+            store.mark_failed(delivery.id, f"suppressed: {reason}")
+            outcomes.append(Outcome(delivery, "suppressed", reason))
+            continue
+        if not store.claim_delivery(delivery.id, owner, now(), policy.lease):
+            outcomes.append(Outcome(delivery, "busy", "another paperbot process is sending it"))
+            continue
+        attempts = delivery.attempts + 1
+        try:
+            sender.send(delivery)
+        except DeliveryError as error:
+            outcomes.append(_record_failure(store, delivery, error, attempts, now(), policy))
+            continue
+        except Exception as error:  # a bug: keep it visible, and keep the others going
+            log.exception(
+                "sending delivery %d to %s failed unexpectedly", delivery.id, delivery.subscriber_id
+            )
+            store.mark_retry(
+                delivery.id, f"internal error: {error!r}", policy.next_attempt(attempts, now(), None)
+            )
+            outcomes.append(Outcome(delivery, "retry", repr(error)))
+            continue
+        # The duplicate window: the server has said 250; until this line commits, a crash
+        # leaves the row 'sending', and its lease running out sends it again (same Message-ID).
+        store.mark_sent(delivery.id, now())
+        log.info(
+            "sent %s digest %s to %s: %d papers",
+            delivery.kind,
+            delivery.period,
+            delivery.subscriber_id,
+            len(delivery.paper_ids),
+        )
+        outcomes.append(Outcome(delivery, "sent"))
+    return outcomes
+
+
+def _record_failure(
+    store: Store, delivery: Delivery, error: DeliveryError, attempts: int, now: datetime, policy: RetryPolicy
+) -> Outcome:
+    permanent = isinstance(error, PermanentError)
+    if not permanent and attempts >= policy.max_attempts:
+        permanent = True
+        error = PermanentError(f"gave up after {attempts} attempts: {error}")
+    if not permanent:
+        when = policy.next_attempt(attempts, now, error.retry_after)
+        store.mark_retry(delivery.id, str(error), when)
+        log.warning(
+            "%s digest %s to %s: %s; retrying after %s",
+            delivery.kind,
+            delivery.period,
+            delivery.subscriber_id,
+            error,
+            f"{when:%Y-%m-%d %H:%M} UTC",
+        )
+        return Outcome(delivery, "retry", str(error))
+    failures = store.mark_failed(delivery.id, str(error))
+    log.error("%s digest %s to %s failed: %s", delivery.kind, delivery.period, delivery.subscriber_id, error)
+    if failures >= policy.suppress_after:
+        reason = f"{failures} permanent failures in a row, the last: {error}"
+        store.suppress(delivery.subscriber_id, delivery.channel, delivery.recipient, reason, now)
+        log.error("suppressed %s's %s channel: %s", delivery.subscriber_id, delivery.channel, reason)
+        return Outcome(delivery, "failed", f"{error}; channel suppressed")
+    return Outcome(delivery, "failed", str(error))

@@ -1,0 +1,214 @@
+"""The delivery ledger and the email senders, with a real SQLite file and a real SMTP server.
+
+What a subscriber would notice: a paper never reaches them twice, a message the server
+did not take is tried again and arrives once, a dead address stops being tried.
+"""
+
+from __future__ import annotations
+
+import email
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bot.channels.email import OutboxSender, SmtpSender
+from bot.deliver import RetryPolicy, send_due
+from bot.errors import PermanentError, TransientError
+from bot.store import open_store
+
+T0 = datetime(2026, 6, 12, 8, 0, tzinfo=UTC)
+MESSAGE = (
+    b"From: paperbot <papers@example.org>\r\nTo: alice@example.org\r\nSubject: 2 papers\r\n"
+    b"Message-ID: <paperbot.1@example.org>\r\n\r\nhello\r\n"
+)
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    with open_store(tmp_path / "paperbot.db") as store:
+        yield store
+
+
+def reserve(store, sid="alice", period="2026-06-12", papers=("2606.1", "2606.2"), channel="email"):
+    delivery = store.reserve_delivery(
+        subscriber_id=sid,
+        channel=channel,
+        kind="email",
+        period=period,
+        recipient=f"{sid}@example.org",
+        paper_ids=list(papers),
+        window_start=T0 - timedelta(days=1),
+        window_end=T0,
+        now=T0,
+    )
+    if delivery.state == "new":
+        store.attach_message(delivery.id, message=MESSAGE, message_id=f"<{sid}.{period}@x>", subject="s")
+    return store.get_delivery(delivery.id)
+
+
+def smtp(server, **options) -> SmtpSender:
+    return SmtpSender(
+        host="127.0.0.1", port=server.port, sender="papers@example.org", security="none", timeout=5, **options
+    )
+
+
+# -- the ledger --------------------------------------------------------------------------------
+
+
+def test_a_paper_is_reserved_once_per_subscriber_and_channel(ledger):
+    first = reserve(ledger, period="2026-06-12", papers=["a", "b"])
+    second = reserve(ledger, period="2026-06-13", papers=["b", "c"])
+    other_channel = reserve(ledger, period="2026-06-13", papers=["b"], channel="lab-slack")
+    other_person = reserve(ledger, sid="bob", period="2026-06-13", papers=["b"])
+    assert first.paper_ids == ("a", "b")
+    assert second.paper_ids == ("c",)  # b went out in the first digest
+    assert other_channel.paper_ids == ("b",) and other_person.paper_ids == ("b",)
+
+
+def test_reserving_the_same_digest_again_returns_it_unchanged(ledger):
+    first = reserve(ledger, papers=["a"])
+    again = reserve(ledger, papers=["a", "z"])
+    assert again.id == first.id and again.paper_ids == ("a",) and again.message == MESSAGE
+
+
+def test_only_one_process_can_claim_a_digest_and_a_dead_claim_expires(ledger):
+    delivery = reserve(ledger)
+    lease = timedelta(minutes=5)
+    assert ledger.claim_delivery(delivery.id, "one", T0, lease)
+    assert not ledger.claim_delivery(delivery.id, "two", T0 + timedelta(minutes=1), lease)
+    assert ledger.deliveries_to_send(T0 + timedelta(minutes=1)) == []
+    # "one" was killed mid-send: once its lease runs out the digest is due again
+    assert [d.id for d in ledger.deliveries_to_send(T0 + timedelta(minutes=6))] == [delivery.id]
+    assert ledger.claim_delivery(delivery.id, "two", T0 + timedelta(minutes=6), lease)
+    assert ledger.get_delivery(delivery.id).attempts == 2
+
+
+# -- SMTP, against a real server on 127.0.0.1 --------------------------------------------------
+
+
+def test_smtp_sends_the_stored_bytes_over_one_connection(ledger, smtp_server):
+    a, b = reserve(ledger, "alice"), reserve(ledger, "bob")
+    sender = smtp(smtp_server)
+    sender.send(a)
+    sender.send(b)
+    sender.close()
+    got = smtp_server.handler.messages
+    assert [to for _, to, _ in got] == [["alice@example.org"], ["bob@example.org"]]
+    assert got[0][0] == "papers@example.org"
+    assert email.message_from_bytes(got[0][2])["Message-ID"] == "<paperbot.1@example.org>"
+    assert smtp_server.handler.sessions == 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "error", "says"),
+    [
+        ("451 4.3.0 try again later", TransientError, "451"),
+        ("drop", TransientError, "connection"),
+        ("550 5.1.1 no such user", PermanentError, "550"),
+    ],
+)
+def test_smtp_replies_sort_into_transient_and_permanent(ledger, smtp_server, reply, error, says):
+    smtp_server.handler.replies = [reply]
+    sender = smtp(smtp_server)
+    with pytest.raises(error, match=says):
+        sender.send(reserve(ledger))
+    sender.send(reserve(ledger, "bob"))  # the same sender goes on (reconnecting after a drop)
+    sender.close()
+    assert [to for _, to, _ in smtp_server.handler.messages] == [["bob@example.org"]]
+
+
+def test_an_unreachable_server_is_transient(ledger):
+    sender = SmtpSender(host="127.0.0.1", port=1, sender="p@example.org", security="none", timeout=2)
+    with pytest.raises(TransientError, match="cannot reach"):
+        sender.send(reserve(ledger))
+
+
+def test_the_rate_limit_spaces_messages(ledger, smtp_server):
+    # the clock as the sender reads it: before each send, and again after any wait
+    waits, moments = [], iter([0.0, 0.1, 0.5, 0.7, 1.0])
+    sender = smtp(smtp_server, rate=2.0, sleep=waits.append, clock=lambda: next(moments))
+    for sid in ("a", "b", "c"):
+        sender.send(reserve(ledger, sid))
+    sender.close()
+    assert waits == pytest.approx([0.4, 0.3])
+
+
+def test_the_outbox_writes_one_file_per_digest_and_a_retry_rewrites_it(ledger, tmp_path):
+    outbox = OutboxSender(tmp_path / "outbox")
+    delivery = reserve(ledger)
+    outbox.send(delivery)
+    outbox.send(delivery)
+    files = list((tmp_path / "outbox").iterdir())
+    assert [f.name for f in files] == ["2026-06-12-alice-email.eml"]
+    assert files[0].read_bytes() == MESSAGE
+
+
+# -- sending what is due: retries, permanent failures, suppression ------------------------------
+
+
+def test_451_then_250_is_retried_later_and_arrives_once(ledger, smtp_server):
+    delivery = reserve(ledger)
+    smtp_server.handler.replies = ["451 4.3.0 greylisted"]
+    policy = RetryPolicy(first_wait=timedelta(minutes=5))
+    sender = smtp(smtp_server)
+
+    first = send_due(ledger, {"email": sender}, lambda: T0, policy)
+    assert [o.status for o in first] == ["retry"]
+    row = ledger.get_delivery(delivery.id)
+    assert row.state == "pending" and row.attempts == 1 and "greylisted" in row.last_error
+    assert send_due(ledger, {"email": sender}, lambda: T0 + timedelta(minutes=1), policy) == []  # too early
+
+    later = send_due(ledger, {"email": sender}, lambda: T0 + timedelta(minutes=6), policy)
+    assert [o.status for o in later] == ["sent"]
+    assert send_due(ledger, {"email": sender}, lambda: T0 + timedelta(days=1), policy) == []
+    sender.close()
+    assert len(smtp_server.handler.messages) == 1
+    assert ledger.get_delivery(delivery.id).state == "sent"
+
+
+def test_a_dropped_connection_mid_data_is_sent_again_with_the_same_message_id(ledger, smtp_server):
+    reserve(ledger)
+    smtp_server.handler.replies = ["drop"]
+    sender = smtp(smtp_server)
+    assert [o.status for o in send_due(ledger, {"email": sender}, lambda: T0)] == ["retry"]
+    assert [o.status for o in send_due(ledger, {"email": sender}, lambda: T0 + timedelta(hours=1))] == [
+        "sent"
+    ]
+    sender.close()
+    ((_, _, body),) = smtp_server.handler.messages
+    assert email.message_from_bytes(body)["Message-ID"] == "<paperbot.1@example.org>"
+
+
+def test_550_fails_for_good_and_repeated_failures_suppress_the_address(ledger, smtp_server):
+    policy = RetryPolicy(suppress_after=2)
+    smtp_server.handler.replies = ["550 5.1.1 no such user"]
+    sender = smtp(smtp_server)
+    reserve(ledger, period="2026-06-12", papers=["a"])
+    reserve(ledger, "bob", period="2026-06-12", papers=["a"])  # bob is fine
+    outcomes = send_due(ledger, {"email": sender}, lambda: T0, policy)
+    assert {(o.delivery.subscriber_id, o.status) for o in outcomes} == {("alice", "failed"), ("bob", "sent")}
+    assert ledger.suppression("alice", "email") is None
+
+    reserve(ledger, period="2026-06-13", papers=["b"])
+    smtp_server.handler.replies = ["550 5.1.1 no such user"]
+    outcomes = send_due(ledger, {"email": sender}, lambda: T0 + timedelta(days=1), policy)
+    assert [o.status for o in outcomes] == ["failed"]
+    reason = ledger.suppression("alice", "email")
+    assert reason and "2 permanent failures" in reason and "550" in reason
+    # a later digest to a suppressed channel is not attempted
+    reserve(ledger, period="2026-06-14", papers=["c"])
+    outcomes = send_due(ledger, {"email": sender}, lambda: T0 + timedelta(days=2), policy)
+    assert [o.status for o in outcomes] == ["suppressed"]
+    sender.close()
+    assert [to for _, to, _ in smtp_server.handler.messages] == [["bob@example.org"]]
+
+
+def test_transient_failures_give_up_after_max_attempts(ledger, smtp_server):
+    policy = RetryPolicy(max_attempts=2, first_wait=timedelta(0))
+    smtp_server.handler.replies = ["421 4.7.0 busy"] * 2
+    delivery = reserve(ledger)
+    sender = smtp(smtp_server)
+    statuses = [o.status for i in range(3) for o in send_due(ledger, {"email": sender}, lambda: T0, policy)]
+    sender.close()
+    assert statuses == ["retry", "failed"]
+    assert "gave up after 2 attempts" in ledger.get_delivery(delivery.id).last_error
