@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from datetime import date
+from pathlib import Path
 
 import click
 
@@ -325,6 +326,22 @@ def status(obj):
             line += f"; {entry['errors_in_a_row']} errors in a row: {last['error']}"
             line += f"; last good {entry['last_good'][:19] + 'Z' if entry['last_good'] else 'never'}"
         click.echo(line)
+    counts = store.delivery_counts()
+    if counts:
+        order = ("sent", "pending", "sending", "new", "failed")
+        click.echo("deliveries: " + ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s)))
+    for delivery in store.troubled_deliveries():
+        state = "retrying" if delivery.state == "pending" else delivery.state
+        click.echo(
+            f"  {state:<8} {delivery.subscriber_id}/{delivery.channel} {delivery.period}"
+            f" (attempt {delivery.attempts}): {delivery.last_error or 'in progress'}"
+        )
+    for row in store.suppressions():
+        who = f"{row['subscriber_id']}/{row['channel']}"
+        click.echo(f"suppressed {who} since {row['created_at'][:10]}: {row['reason']}")
+    if Path(obj.subscriptions_dir).is_dir():
+        for error in load_subscriptions(obj.subscriptions_dir).errors:
+            click.echo(f"invalid subscription {error}")
 
 
 @main.command()

@@ -96,6 +96,7 @@ SETTINGS: tuple[Setting, ...] = (
         "the mailto: of List-Unsubscribe (default: unsubscribe@ the From domain)",
         check=_address,
     ),
+    Setting("mail.list_id", str, None, "the List-Id (default: paperbot digests <digests.the From domain>)"),
     Setting("smtp.host", str, "localhost", "the SMTP server"),
     Setting("smtp.port", int, 587, "its port (587 STARTTLS, 465 TLS, 25 plain)", check=_positive),
     Setting(

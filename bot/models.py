@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import date, datetime
 
-__all__ = ["Channel", "FetchResult", "Paper", "Sighting", "Subscriber", "Watch"]
+__all__ = ["Channel", "Digest", "FetchResult", "Paper", "Sighting", "Subscriber", "Watch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,3 +118,36 @@ class Subscriber:
     max_papers: int = 25
     paused: bool = False
     path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """One digest: what one subscriber gets on one channel for one period, ready to render.
+
+    Its identity is (subscriber.id, channel, period): a retried send of the same digest
+    carries the same Message-ID. `matches` are `bot.match.Match`, one per paper, best score
+    first, already cut at the subscriber's `max_papers` (see `bot.render.build_digest`);
+    `total` counts them before the cut, for "and N more".
+    """
+
+    subscriber: Subscriber
+    channel: str  # the name of the subscriber's channel: "email"
+    period: str  # "2026-06-12" for a daily digest, "2026-W24" for a weekly one
+    label: str  # the period as the subscriber reads it, in their zone: "Fri 12 Jun 2026"
+    generated_at: datetime  # aware
+    matches: tuple  # bot.match.Match, ranked
+    total: int  # matches before the max_papers cut
+    list_url: str  # every match of the period, for "and N more"
+    unsubscribe_url: str
+    manage_url: str
+
+    def __post_init__(self):
+        if self.generated_at.tzinfo is None:
+            raise ValueError("Digest.generated_at must be timezone-aware")
+        if self.total < len(self.matches):
+            raise ValueError(f"Digest.total ({self.total}) is less than its {len(self.matches)} matches")
+
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        """What makes two digests the same digest: (subscriber id, channel, period)."""
+        return (self.subscriber.id, self.channel, self.period)

@@ -1,0 +1,128 @@
+"""Signed, per-subscriber tokens for the links in a digest (unsubscribe, manage, full list).
+
+A token names a subscriber for one purpose, optionally bound to one more value (e.g. the
+period of a digest), and carries the time it was signed. It is not encrypted: anyone can
+read the subscriber id in it, but no one without the secret can make or alter one.
+
+    token = make_token(secret, "unsubscribe", "alice")
+    read_token(secret, "unsubscribe", token, max_age=UNSUBSCRIBE_MAX_AGE)  # -> "alice"
+
+A token made for one purpose is refused for any other (the purpose is the signature's
+salt), so a "digest" link can never unsubscribe anyone. `read_token` raises `TokenError`
+when a token was altered, made with another secret or for another purpose, and
+`TokenExpired` (a `TokenError`) when it is older than `max_age`.
+
+`secret` may be a list, oldest first, to rotate secrets: tokens are signed with the last
+and accepted when signed with any of them. A missing or empty secret is a `SettingsError`.
+`UNSUBSCRIBE_MAX_AGE`, `MANAGE_MAX_AGE` and `DIGEST_MAX_AGE` are the ages the web app should
+allow for each purpose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
+
+from bot.errors import BotError, SettingsError
+
+__all__ = [
+    "DIGEST_MAX_AGE",
+    "MANAGE_MAX_AGE",
+    "UNSUBSCRIBE_MAX_AGE",
+    "TokenError",
+    "TokenExpired",
+    "make_token",
+    "read_token",
+]
+
+# An unsubscribe link must keep working long after the mail arrived (RFC 8058 asks that the
+# one-click link be usable without a login); a manage link is a login and lives shorter.
+UNSUBSCRIBE_MAX_AGE = timedelta(days=365)
+MANAGE_MAX_AGE = timedelta(days=60)
+DIGEST_MAX_AGE = timedelta(days=90)  # the "and N more" page of one digest
+
+_SALT_PREFIX = "paperbot."
+
+
+class TokenError(BotError):
+    """A token was altered, signed with another secret, or made for another purpose."""
+
+    exit_code = 2
+
+
+class TokenExpired(TokenError):
+    """A token is genuine but older than the age allowed for its purpose."""
+
+
+def _clocked_signer(now: datetime | None) -> type[TimestampSigner]:
+    if now is None:
+        return TimestampSigner
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    stamp = int(now.timestamp())
+
+    class ClockedSigner(TimestampSigner):
+        # itsdangerous reads the clock both to stamp a token and to age it on reading.
+        def get_timestamp(self) -> int:
+            return stamp
+
+    return ClockedSigner
+
+
+def _serializer(
+    secret: str | Sequence[str] | None, purpose: str, now: datetime | None
+) -> URLSafeTimedSerializer:
+    secrets = [secret] if isinstance(secret, str) or secret is None else list(secret)
+    if not secrets or not all(secrets):
+        raise SettingsError("web.secret is not set: set PAPERBOT_WEB_SECRET to a long random string")
+    if not purpose:
+        raise ValueError("a token needs a purpose, e.g. 'unsubscribe'")
+    return URLSafeTimedSerializer(secrets, salt=_SALT_PREFIX + purpose, signer=_clocked_signer(now))
+
+
+def make_token(
+    secret: str | Sequence[str],
+    purpose: str,
+    subscriber_id: str,
+    extra: str | None = None,
+    *,
+    now: datetime | None = None,
+) -> str:
+    """A URL-safe token naming `subscriber_id` for `purpose` (and `extra`), stamped `now` (default: now)."""
+    payload = [subscriber_id] if extra is None else [subscriber_id, extra]
+    return _serializer(secret, purpose, now).dumps(payload)
+
+
+def read_token(
+    secret: str | Sequence[str],
+    purpose: str,
+    token: str,
+    max_age: timedelta | int | None = None,
+    *,
+    extra: str | None = None,
+    now: datetime | None = None,
+) -> str:
+    """The subscriber id in a genuine token for `purpose` (and `extra`), at most `max_age` old.
+
+    Raises `TokenExpired` for a genuine token that is too old, `TokenError` for anything else
+    (altered, another secret, another purpose, another `extra`, not a token at all).
+    """
+    seconds = int(max_age.total_seconds()) if isinstance(max_age, timedelta) else max_age
+    try:
+        payload = _serializer(secret, purpose, now).loads(token, max_age=seconds)
+    except SignatureExpired as error:
+        raise TokenExpired(f"this {purpose} link has expired: ask for a new one ({error})") from None
+    except BadData:
+        raise TokenError(f"this {purpose} link is not valid: it was altered or cut short") from None
+    if (
+        not isinstance(payload, list)
+        or not 1 <= len(payload) <= 2
+        or not all(isinstance(item, str) for item in payload)
+    ):
+        raise TokenError(f"this {purpose} link is not valid: it holds no subscriber")
+    found_extra = payload[1] if len(payload) == 2 else None
+    if found_extra != extra:
+        raise TokenError(f"this {purpose} link is not valid here: it was made for another page")
+    return payload[0]

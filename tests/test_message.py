@@ -1,0 +1,335 @@
+"""The digest as an email: headers a real parser reads back, SMTP-safe bytes, signed links."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import email
+import email.policy
+import os
+import re
+import textwrap
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from bot.captures import read_capture
+from bot.errors import SettingsError
+from bot.match import Match, WatchIndex, match_papers
+from bot.message import MessageSettings, compose_email, digest_links, email_bytes, message_id
+from bot.models import Paper
+from bot.render import build_digest, digest_period, render_digest
+from bot.subscriptions import read_subscription
+from bot.tokens import (
+    UNSUBSCRIBE_MAX_AGE,
+    TokenError,
+    TokenExpired,
+    make_token,
+    read_token,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).parent / "golden"
+CAPTURE = Path(__file__).parent / "fixtures" / "hf" / "api_daily_papers_2026-06-12.json"
+NOW = datetime(2026, 6, 12, 6, 0, tzinfo=UTC)
+SECRET = "test-secret-not-for-production"
+SETTINGS = MessageSettings(
+    sender="paperbot <digest@paperbot.example.org>", base_url="https://paperbot.example.org/", secret=SECRET
+)
+
+
+def check_golden(name: str, actual: str) -> None:
+    """Compare with tests/golden/<name>, showing a unified diff; UPDATE_GOLDEN=1 rewrites it."""
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(actual, encoding="utf-8", newline="\n")
+        return
+    if not path.exists():
+        pytest.fail(f"{path} is missing: write it with UPDATE_GOLDEN=1 python -m pytest {__file__}")
+    expected = path.read_text(encoding="utf-8")
+    if actual != expected:
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(keepends=True),
+                actual.splitlines(keepends=True),
+                f"golden/{name}",
+                "composed",
+            )
+        )
+        pytest.fail(f"{name} differs from its golden file (UPDATE_GOLDEN=1 accepts the change):\n{diff}")
+
+
+def papers() -> list[Paper]:
+    return [paper for capture in read_capture(CAPTURE) for paper in capture.papers]
+
+
+def digest_for(subscriber, matches, now=NOW, channel="email"):
+    period, label = digest_period(subscriber, now)
+    links = digest_links(SETTINGS, subscriber.id, period, now=now)
+    return build_digest(subscriber, matches, generated_at=now, links=links, channel=channel, period=period)
+
+
+def alice_digest(now=NOW):
+    alice = read_subscription(ROOT / "subscriptions" / "example-alice.toml")
+    return digest_for(alice, match_papers(papers(), WatchIndex([alice])), now)
+
+
+def bob(tmp_path, **top):
+    lines = ['name = "Bob Example"', 'email = "bob@example.org"', 'timezone = "Asia/Tokyo"']
+    lines += [f"{key} = {value}" for key, value in top.items()]
+    lines += ["[[watch]]", 'name = "all"', 'query = "the"']
+    path = tmp_path / "bob.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return read_subscription(path)
+
+
+def sent(digest, **options) -> tuple[bytes, email.message.EmailMessage]:
+    """The bytes handed to SMTP, and what a receiving mail program parses out of them."""
+    data = email_bytes(compose_email(digest, render_digest(digest), SETTINGS, **options))
+    return data, email.message_from_bytes(data, policy=email.policy.default)
+
+
+def summary(message: email.message.EmailMessage) -> str:
+    """A message as a reader's mail program sees it: headers decoded and unfolded, then the parts.
+
+    The MIME boundary, the one value a mail library may choose as it likes, is normalised.
+    """
+    boundary = message.get_boundary()
+    lines = [f"{name}: {value}".replace(boundary, "BOUNDARY") for name, value in message.items()]
+    for part in message.walk():
+        encoding = part["Content-Transfer-Encoding"]
+        lines.append(f"part: {part.get_content_type()}; charset={part.get_content_charset()}; {encoding}")
+    return "\n".join(lines) + "\n"
+
+
+# -- the message -----------------------------------------------------------------------------
+
+
+def test_example_alice_message_matches_its_golden_file():
+    _, message = sent(alice_digest())
+    check_golden("example-alice_2026-06-12.headers.txt", summary(message))
+
+
+def test_headers_read_back_by_the_stdlib_parser():
+    digest = alice_digest()
+    rendered = render_digest(digest)
+    data, message = sent(digest)
+
+    assert message["From"].addresses[0].addr_spec == "digest@paperbot.example.org"
+    assert str(message["To"]) == "Alice Example <alice@example.org>"
+    assert message["Subject"] == rendered.subject
+    assert parsedate_to_datetime(message["Date"]) == NOW
+    assert re.fullmatch(r"<paperbot\.[0-9a-f]{32}@paperbot\.example\.org>", message["Message-ID"])
+    assert message["List-Id"] == "paperbot digests <digests.paperbot.example.org>"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message["Auto-Submitted"] == "auto-generated"
+    assert message.get_content_type() == "multipart/alternative"
+    plain, html = message.iter_parts()
+    assert (plain.get_content_type(), html.get_content_type()) == ("text/plain", "text/html")
+    assert plain.get_content().replace("\r\n", "\n") == rendered.text
+    assert html.get_content().replace("\r\n", "\n") == rendered.html
+    assert b"=?utf-8?" not in data.split(b"List-Unsubscribe:")[1].split(b"List-Unsubscribe-Post")[0]
+
+
+def test_list_unsubscribe_carries_a_mailto_and_an_https_url_with_the_subscribers_token():
+    _, message = sent(alice_digest())
+    mailto, https = re.fullmatch(r"<(mailto:[^>]+)>, <(https://[^>]+)>", message["List-Unsubscribe"]).groups()
+
+    assert mailto.startswith("mailto:unsubscribe@paperbot.example.org?subject=unsubscribe%20")
+    mail_token = unquote(mailto.split("?subject=", 1)[1]).removeprefix("unsubscribe ")
+    assert https.startswith("https://paperbot.example.org/unsubscribe/")
+    web_token = https.rsplit("/", 1)[1]
+    for token in (mail_token, web_token):
+        assert read_token(SECRET, "unsubscribe", token, UNSUBSCRIBE_MAX_AGE, now=NOW) == "example-alice"
+    # The body's unsubscribe link is the same one-click URL.
+    assert https in render_digest(alice_digest()).html
+
+
+def test_a_retried_send_is_the_same_message_with_the_same_id():
+    first, _ = sent(alice_digest())
+    second, _ = sent(alice_digest())
+    assert first == second
+
+
+def test_message_id_follows_the_digest_identity(tmp_path):
+    base = alice_digest()
+    same = message_id(base.identity, "paperbot.example.org")
+    assert same == message_id(("example-alice", "email", "2026-06-12"), "paperbot.example.org")
+    assert message_id(("example-alice", "email", "2026-06-13"), "paperbot.example.org") != same
+    assert message_id(("example-alice", "work-email", "2026-06-12"), "paperbot.example.org") != same
+    assert message_id(("bob", "email", "2026-06-12"), "paperbot.example.org") != same
+    # A later run for the same day (say, a retry an hour on) keeps the id.
+    _, later = sent(alice_digest(NOW + timedelta(hours=1)))
+    assert later["Message-ID"] == same
+
+
+def test_bytes_have_crlf_line_ends_and_no_line_over_998(tmp_path):
+    subscriber = bob(tmp_path, max_papers=200)
+    long_word = "Supercalifragilistic" * 60  # 1,200 letters with no space to fold at
+    paper = Paper(id="2606.00009", title=f"A {long_word} title", abstract=long_word, ai_summary=long_word)
+    matches = [Match(subscriber.id, paper, ("all",), 99.0, ())]
+    matches += [Match(subscriber.id, p, ("all",), 1.0, ()) for p in papers()]
+    data, message = sent(digest_for(subscriber, matches))
+
+    assert b"\n" not in data.replace(b"\r\n", b"")
+    assert b"\r" not in data.replace(b"\r\n", b"")
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    assert long_word in message.get_body(("plain",)).get_content()
+
+
+def test_email_bytes_refuses_a_line_a_server_would_refuse():
+    message = email.message_from_string("Subject: x\n\n" + "y" * 1200 + "\n", policy=email.policy.default)
+    with pytest.raises(ValueError, match="998"):
+        email_bytes(message)
+
+
+# -- no header injection -----------------------------------------------------------------------
+
+
+def test_a_line_break_in_a_title_does_not_add_headers(tmp_path):
+    subscriber = bob(tmp_path)
+    paper = Paper(
+        id="2606.00010", title="Attention\r\nBcc: victim@example.org\r\n\r\n<b>body</b>", abstract="a"
+    )
+    data, message = sent(digest_for(subscriber, [Match(subscriber.id, paper, ("all",), 1.0, ())]))
+
+    assert message["Bcc"] is None
+    assert len(message.get_all("Subject")) == 1
+    assert message["Subject"].endswith("Attention Bcc: victim@example.org <b>body</b>")
+    assert not re.search(rb"^Bcc:", data, re.M)
+
+
+def test_a_hostile_subscriber_name_stays_in_the_to_header(tmp_path):
+    subscriber = dataclasses.replace(bob(tmp_path), name='Eve\n"Bcc: x@y" <z@w>')
+    _, message = sent(digest_for(subscriber, []))
+    assert message["Bcc"] is None
+    assert [a.addr_spec for a in message["To"].addresses] == ["bob@example.org"]
+
+
+# -- recipient and settings ------------------------------------------------------------------
+
+
+def test_the_recipient_comes_from_the_digest_channel_or_is_given(tmp_path):
+    toml = """
+        name = "Carol"
+        email = "carol@example.org"
+        [channels]
+        email = true
+        work = { kind = "email", to = "${CAROL_WORK_EMAIL}" }
+        [[watch]]
+        name = "all"
+        query = "the"
+    """
+    path = tmp_path / "carol.toml"
+    path.write_text(textwrap.dedent(toml), encoding="utf-8")
+    carol = read_subscription(path)
+
+    _, message = sent(digest_for(carol, []))
+    assert message["To"].addresses[0].addr_spec == "carol@example.org"
+    work = digest_for(carol, [], channel="work")
+    with pytest.raises(ValueError, match="CAROL_WORK_EMAIL"):
+        sent(work)
+    _, message = sent(work, to="carol@work.example.com")
+    assert message["To"].addresses[0].addr_spec == "carol@work.example.com"
+
+
+def test_settings_name_the_key_to_fix():
+    with pytest.raises(SettingsError, match="mail.from"):
+        compose_email(
+            alice_digest(),
+            render_digest(alice_digest()),
+            MessageSettings("paperbot", "https://x.example", "s"),
+        )
+    with pytest.raises(SettingsError, match="web.base_url"):
+        digest_links(
+            MessageSettings(sender="a@b.example", base_url="paperbot.example", secret="s"),
+            "x",
+            "2026-06-12",
+            now=NOW,
+        )
+
+
+def test_digest_links_are_signed_for_their_own_purpose():
+    links = digest_links(SETTINGS, "alice", "2026-06-12", now=NOW)
+    unsubscribe = links.unsubscribe_url.rsplit("/", 1)[1]
+    manage = links.manage_url.rsplit("/", 1)[1]
+    assert links.list_url.startswith("https://paperbot.example.org/digest/2026-06-12/")
+    listing = links.list_url.rsplit("/", 1)[1]
+
+    assert read_token(SECRET, "unsubscribe", unsubscribe, now=NOW) == "alice"
+    assert read_token(SECRET, "manage", manage, now=NOW) == "alice"
+    assert read_token(SECRET, "digest", listing, extra="2026-06-12", now=NOW) == "alice"
+    with pytest.raises(TokenError):
+        read_token(SECRET, "unsubscribe", manage, now=NOW)  # a manage link cannot unsubscribe
+    with pytest.raises(TokenError):
+        read_token(SECRET, "digest", listing, extra="2026-06-13", now=NOW)  # nor open another day
+
+
+# -- tokens ----------------------------------------------------------------------------------
+
+
+def test_a_token_reads_back_as_its_subscriber():
+    token = make_token(SECRET, "unsubscribe", "example-alice", now=NOW)
+    assert re.fullmatch(r"[A-Za-z0-9_.-]+", token)  # safe in a URL path and a mail subject
+    assert (
+        read_token(SECRET, "unsubscribe", token, timedelta(days=1), now=NOW + timedelta(hours=23))
+        == "example-alice"
+    )
+
+
+# Not the very last character: its low bits are base64 padding, which decode to the same signature.
+@pytest.mark.parametrize("position", [0, 10, 30, -5])
+def test_an_altered_token_is_refused(position):
+    token = make_token(SECRET, "unsubscribe", "example-alice", now=NOW)
+    index = position % len(token)
+    altered = token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1 :]
+    with pytest.raises(TokenError) as raised:
+        read_token(SECRET, "unsubscribe", altered, now=NOW)
+    assert not isinstance(raised.value, TokenExpired)
+    assert "not valid" in str(raised.value)
+
+
+def test_a_token_whose_payload_names_someone_else_is_refused():
+    alice = make_token(SECRET, "unsubscribe", "example-alice", now=NOW)
+    bob = make_token(SECRET, "unsubscribe", "bob", now=NOW)
+    forged = bob.split(".", 1)[0] + "." + alice.split(".", 1)[1]  # bob's payload, alice's signature
+    with pytest.raises(TokenError):
+        read_token(SECRET, "unsubscribe", forged, now=NOW)
+
+
+def test_a_token_past_its_age_is_refused_as_expired():
+    token = make_token(SECRET, "manage", "example-alice", now=NOW)
+    with pytest.raises(TokenExpired, match="expired"):
+        read_token(SECRET, "manage", token, timedelta(days=60), now=NOW + timedelta(days=61))
+    assert (
+        read_token(SECRET, "manage", token, timedelta(days=60), now=NOW + timedelta(days=59))
+        == "example-alice"
+    )
+
+
+def test_another_secret_or_purpose_or_garbage_is_refused():
+    token = make_token(SECRET, "unsubscribe", "example-alice", now=NOW)
+    for secret, purpose, text in (
+        ("another-secret", "unsubscribe", token),
+        (SECRET, "manage", token),
+        (SECRET, "unsubscribe", "not-a-token"),
+        (SECRET, "unsubscribe", ""),
+    ):
+        with pytest.raises(TokenError):
+            read_token(secret, purpose, text, now=NOW)
+    for missing in ("", None, []):
+        with pytest.raises(SettingsError, match="web.secret"):
+            make_token(missing, "unsubscribe", "example-alice")
+
+
+def test_secrets_rotate_oldest_first():
+    old_token = make_token("old", "unsubscribe", "example-alice", now=NOW)
+    new_token = make_token(["old", "new"], "unsubscribe", "example-alice", now=NOW)
+    assert read_token(["old", "new"], "unsubscribe", old_token, now=NOW) == "example-alice"
+    assert read_token("new", "unsubscribe", new_token, now=NOW) == "example-alice"
+    with pytest.raises(TokenError):
+        read_token("new", "unsubscribe", old_token, now=NOW)

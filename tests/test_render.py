@@ -1,0 +1,363 @@
+"""Rendering digests: golden files over a real capture, escaping, highlighting, the size limit.
+
+The golden files in tests/golden/ are what example-alice gets from the real capture of
+2026-06-12 at her 08:00. A change to them shows as a unified diff; after checking it,
+`UPDATE_GOLDEN=1 python -m pytest tests/test_render.py tests/test_message.py` rewrites them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from bot.captures import read_capture
+from bot.match import Match, WatchIndex, match_papers
+from bot.message import MessageSettings, digest_links
+from bot.models import Paper
+from bot.query import Hit
+from bot.render import (
+    MAX_HTML_BYTES,
+    DigestLinks,
+    build_digest,
+    digest_period,
+    make_environment,
+    render_digest,
+    templates_dir,
+)
+from bot.subscriptions import read_subscription
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).parent / "golden"
+CAPTURE = Path(__file__).parent / "fixtures" / "hf" / "api_daily_papers_2026-06-12.json"
+ALICE = ROOT / "subscriptions" / "example-alice.toml"
+NOW = datetime(2026, 6, 12, 6, 0, tzinfo=UTC)  # 08:00 in Berlin: alice's "daily 08:00"
+SETTINGS = MessageSettings(
+    sender="paperbot <digest@paperbot.example.org>",
+    base_url="https://paperbot.example.org",
+    secret="test-secret-not-for-production",
+)
+LINKS = DigestLinks(
+    list_url="https://paperbot.example.org/digest/all",
+    unsubscribe_url="https://paperbot.example.org/unsubscribe/t",
+    manage_url="https://paperbot.example.org/manage/t",
+)
+MARK = re.compile(r"<mark\b[^>]*>(.*?)</mark>")
+
+
+def check_golden(name: str, actual: str) -> None:
+    """Compare with tests/golden/<name>, showing a unified diff; UPDATE_GOLDEN=1 rewrites it."""
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(actual, encoding="utf-8", newline="\n")
+        return
+    if not path.exists():
+        pytest.fail(f"{path} is missing: write it with UPDATE_GOLDEN=1 python -m pytest {__file__}")
+    expected = path.read_text(encoding="utf-8")
+    if actual != expected:
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(keepends=True),
+                actual.splitlines(keepends=True),
+                f"golden/{name}",
+                "rendered",
+            )
+        )
+        pytest.fail(f"{name} differs from its golden file (UPDATE_GOLDEN=1 accepts the change):\n{diff}")
+
+
+def capture_papers() -> list[Paper]:
+    return [paper for capture in read_capture(CAPTURE) for paper in capture.papers]
+
+
+def alice_digest():
+    alice = read_subscription(ALICE)
+    matches = match_papers(capture_papers(), WatchIndex([alice]))
+    period, label = digest_period(alice, NOW)
+    links = digest_links(SETTINGS, alice.id, period, now=NOW)
+    return build_digest(alice, matches, generated_at=NOW, links=links, period=period, label=label)
+
+
+def subscriber_with(tmp_path: Path, watches: str, **top):
+    """A real subscriber, read from a TOML file written here."""
+    lines = ['name = "Bob"', 'email = "bob@example.org"', 'timezone = "America/Los_Angeles"']
+    lines += [f"{key} = {value}" for key, value in top.items()]
+    path = tmp_path / "bob.toml"
+    watches = watches or '[[watch]]\nname = "anything"\nquery = "the"\n'
+    path.write_text("\n".join(lines) + "\n" + textwrap.dedent(watches), encoding="utf-8")
+    return read_subscription(path)
+
+
+def digest_of(subscriber, papers, **options):
+    matches = match_papers(papers, WatchIndex([subscriber]), **options)
+    return build_digest(subscriber, matches, generated_at=NOW, links=LINKS)
+
+
+# -- the golden digest ---------------------------------------------------------------------
+
+
+def test_example_alice_digest_matches_its_golden_files():
+    digest = alice_digest()
+    rendered = render_digest(digest)
+
+    assert rendered.subject == "2 papers · Fri 12 Jun 2026 · MiniMax Sparse Attention and 1 more"
+    check_golden("example-alice_2026-06-12.html", rendered.html)
+    check_golden("example-alice_2026-06-12.txt", rendered.text)
+
+
+def test_the_same_digest_renders_the_same_bytes():
+    first, second = render_digest(alice_digest()), render_digest(alice_digest())
+    assert first == second
+
+
+def test_the_date_is_the_subscribers_day_not_utc():
+    alice = read_subscription(ALICE)
+    # 23:30 UTC on the 11th is already the 12th in Berlin.
+    assert digest_period(alice, datetime(2026, 6, 11, 23, 30, tzinfo=UTC)) == (
+        "2026-06-12",
+        "Fri 12 Jun 2026",
+    )
+
+
+# -- what a reader sees of each paper ---------------------------------------------------------
+
+
+def test_each_paper_shows_links_authors_counts_and_watches():
+    rendered = render_digest(alice_digest())
+    html, text = rendered.html, rendered.text
+    assert '<a class="ta" href="https://huggingface.co/papers/2606.13392"' in html
+    for url in (
+        "https://arxiv.org/abs/2606.13392",
+        "https://arxiv.org/pdf/2606.13392",
+        "https://github.com/MiniMax-AI/MSA",
+    ):
+        assert f'href="{url}"' in html
+        assert url in text
+    assert "Xunhao Lai, Weiqi Xu, Yufeng Yang et al." in html
+    assert "103 upvotes · 251 GitHub stars · 4 comments" in text
+    assert re.search(r'<span class="tag"[^>]*>efficient attention</span>', html)
+    assert "Watch: efficient attention" in text
+    # The footer says why and how to stop, with the signed links.
+    assert "You get this because alice@example.org subscribes" in text
+    assert "https://paperbot.example.org/unsubscribe/" in html and "Unsubscribe" in html
+
+
+def test_matched_words_are_highlighted_in_the_title_and_the_summary():
+    rendered = render_digest(alice_digest())
+    # MiniMax Sparse Attention: matched by "sparse attention", in its title and in HF's summary.
+    assert MARK.findall(rendered.html).count("Sparse Attention") == 2
+    assert "1. MiniMax *Sparse Attention*" in rendered.text
+    assert "HF summary: MiniMax *Sparse Attention* enables" in rendered.text
+    # Robust-U1 was matched by "reasoning" in its abstract; its summary says "reasoning" too.
+    assert "reasoning" in MARK.findall(rendered.html)
+
+
+def test_the_abstract_opening_is_the_snippet_without_a_summary_and_folded_words_are_found(tmp_path):
+    bob = subscriber_with(tmp_path, '[[watch]]\nname = "distill"\nquery = "distill* model"\n')
+    paper = Paper(
+        id="2606.00001",
+        title="Distilled Models for Everyone",
+        abstract="We study knowledge distillation of large models. " + "Filler words here. " * 40,
+        authors=("Ada Lovelace",),
+        upvotes=3,
+    )
+    rendered = render_digest(digest_of(bob, [paper]))
+    marked = MARK.findall(rendered.html)
+    assert marked.count("Distilled") == 1 and marked.count("Models") == 1  # the title
+    assert "distillation" in marked and "models" in marked  # the abstract's opening, plural folded
+    assert "Abstract: We study knowledge *distillation* of large *models*." in rendered.text
+    assert "Filler words here. …" in rendered.text  # an opening, cut at a word
+
+
+def test_a_matched_author_is_shown_even_past_et_al(tmp_path):
+    bob = subscriber_with(tmp_path, '[[watch]]\nname = "people"\nauthors = ["Sergey Levine"]\n')
+    authors = ("A One", "B Two", "C Three", "D Four", "E Five", "Sergey Levine", "G Seven")
+    paper = Paper(id="2606.00002", title="Robots", abstract="Robots.", authors=authors)
+    rendered = render_digest(digest_of(bob, [paper]))
+    assert "A One, B Two, C Three, … *Sergey Levine* et al." in rendered.text
+    assert "Sergey Levine" in MARK.findall(rendered.html)
+
+
+def test_a_rising_paper_says_why_now(tmp_path):
+    bob = subscriber_with(
+        tmp_path, '[[watch]]\nname = "attention, rising"\nquery = "attention"\nrising = 50\n'
+    )
+    minimax = next(p for p in capture_papers() if p.id == "2606.13392")
+    digest = digest_of(bob, [], upvotes_before={minimax.id: 30}, risers=[minimax])
+    rendered = render_digest(digest)
+    assert "Why now: crossed 50 upvotes (from 30 to 103)" in rendered.text
+    assert "<b>Why now:</b> crossed 50 upvotes (from 30 to 103)" in rendered.html
+
+
+def test_ranked_by_score_one_paper_once_with_every_watch_as_a_badge(tmp_path):
+    bob = subscriber_with(tmp_path, "")
+    papers = {p.id: p for p in capture_papers()}
+    matches = [
+        Match(bob.id, papers["2606.08063"], ("vision",), 4.0, ()),
+        Match(bob.id, papers["2606.13392"], ("attention",), 9.0, ()),
+        Match(bob.id, papers["2606.08063"], ("robustness",), 6.0, ()),
+    ]
+    digest = build_digest(bob, matches, generated_at=NOW, links=LINKS)
+    assert [m.paper.id for m in digest.matches] == ["2606.13392", "2606.08063"]
+    assert digest.matches[1].watches == ("vision", "robustness")
+    text = render_digest(digest).text
+    assert text.index("1. MiniMax") < text.index("2. Robust-U1")
+    assert "Watches: vision · robustness" in text  # not a comma: a watch may be "big labs, popular"
+
+
+def test_an_empty_digest_says_so(tmp_path):
+    bob = subscriber_with(tmp_path, "", send_empty="true")
+    rendered = render_digest(build_digest(bob, [], generated_at=NOW, links=LINKS))
+    assert rendered.subject == "No new papers · Thu 11 Jun 2026"  # 06:00 UTC is still the 11th in LA
+    assert "no paper matched your watches" in rendered.text
+
+
+# -- escaping ------------------------------------------------------------------------------
+
+
+def hostile_digest(tmp_path, **paper):
+    bob = subscriber_with(tmp_path, "")
+    values = dict(id="2606.00003", title="<script>alert(1)</script>", abstract="a", upvotes=1)
+    values.update(paper)
+    match = Match(bob.id, Paper(**values), ('<img src=x onerror="alert(2)">',), 1.0, ())
+    return build_digest(bob, [match], generated_at=NOW, links=LINKS)
+
+
+def test_markup_in_a_paper_is_shown_as_text_and_never_runs(tmp_path):
+    digest = hostile_digest(
+        tmp_path,
+        authors=('"><iframe src=//evil>',),
+        ai_summary="<b>bold</b> & <style>body{display:none}</style>",
+        github_repo="javascript:alert(3)",
+        project_page="https://example.org/ok",
+    )
+    rendered = render_digest(digest)
+    html = rendered.html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script" not in html.lower() and "<iframe" not in html.lower() and "<img" not in html.lower()
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; &lt;style&gt;" in html
+    assert "javascript:" not in html  # not an http(s) link: no Code link at all
+    assert 'href="https://example.org/ok"' in html
+    # The plain text is not HTML: there the title reads as written.
+    assert "1. <script>alert(1)</script>" in rendered.text
+
+
+def test_a_line_break_in_a_title_cannot_leave_the_subject_line(tmp_path):
+    digest = hostile_digest(tmp_path, title="Attention\r\nBcc: victim@example.org\n\nbody")
+    rendered = render_digest(digest)
+    assert "\n" not in rendered.subject and "\r" not in rendered.subject
+    assert rendered.subject == "1 paper · Thu 11 Jun 2026 · Attention Bcc: victim@example.org body"
+    assert "1. Attention Bcc: victim@example.org body\n" in rendered.text
+
+
+def test_templates_are_strict_about_missing_values(tmp_path):
+    (tmp_path / "broken.html.j2").write_text("{{ digest.no_such_field }}", encoding="utf-8")
+    environment = make_environment(tmp_path)
+    with pytest.raises(jinja2.UndefinedError):
+        environment.get_template("broken.html.j2").render(digest=alice_digest())
+
+
+# -- size ------------------------------------------------------------------------------------
+
+
+def many_matches(subscriber, count: int) -> list[Match]:
+    """`count` matches over the real papers of the capture, each its own paper, long abstracts kept."""
+    papers = capture_papers()
+    matches = []
+    for number in range(count):
+        paper = papers[number % len(papers)]
+        paper = paper.replace(id=f"2606.{90000 + number}", title=f"{paper.title} (variant {number})")
+        hit = Hit("title", "x", 0, min(5, len(paper.title)))
+        matches.append(Match(subscriber.id, paper, ("w1", "w2"), float(number), (hit,)))
+    return matches
+
+
+def test_a_long_digest_is_cut_at_max_papers_keeping_the_best(tmp_path):
+    bob = subscriber_with(tmp_path, "")  # max_papers defaults to 25
+    digest = build_digest(bob, many_matches(bob, 200), generated_at=NOW, links=LINKS)
+    rendered = render_digest(digest)
+
+    assert (digest.total, len(digest.matches), rendered.shown) == (200, 25, 25)
+    shown = re.findall(r"\(variant (\d+)\)</a>", rendered.html)
+    assert [int(n) for n in shown] == list(range(199, 174, -1))  # the 25 best scores, best first
+    assert f'<a href="{LINKS.list_url}"' in rendered.html and "…and 175 more papers" in rendered.html
+    assert f"...and 175 more: {LINKS.list_url}" in rendered.text
+    assert rendered.subject.startswith("200 papers · ")
+    assert len(rendered.html.encode("utf-8")) < MAX_HTML_BYTES
+
+
+def test_a_digest_too_big_for_gmail_moves_papers_to_and_n_more(tmp_path):
+    bob = subscriber_with(tmp_path, "", max_papers=200)
+    digest = build_digest(bob, many_matches(bob, 200), generated_at=NOW, links=LINKS)
+    rendered = render_digest(digest)
+
+    size = len(rendered.html.encode("utf-8"))
+    assert size < MAX_HTML_BYTES
+    assert 25 < rendered.shown < 200
+    assert size > MAX_HTML_BYTES * 0.9  # it keeps as many as fit
+    assert f"…and {200 - rendered.shown} more papers" in rendered.html
+    assert rendered.html.rstrip().endswith("</html>") and "Unsubscribe" in rendered.html[-2000:]
+
+
+# -- templates after `pip install .` ---------------------------------------------------------
+
+
+def test_an_installed_paperbot_finds_its_templates(tmp_path):
+    """Build a wheel as `pip install .` does, install it elsewhere, and load the templates from there."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        (source / name).write_bytes((ROOT / name).read_bytes())
+    for folder in ("bot", "templates"):
+        for file in (ROOT / folder).rglob("*"):
+            if file.is_file() and "__pycache__" not in file.parts:
+                target = source / file.relative_to(ROOT)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(file.read_bytes())
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    built = subprocess.run([*pip, "wheel", "--no-deps", "-w", tmp_path / "dist", source], capture_output=True)
+    assert built.returncode == 0, built.stderr.decode()
+    wheel = next((tmp_path / "dist").glob("paperbot-*.whl"))
+    prefix = tmp_path / "prefix"
+    # --ignore-installed: without it pip would first uninstall the paperbot this suite runs from.
+    installed = subprocess.run(
+        [*pip, "install", "--no-deps", "--ignore-installed", "--prefix", prefix, wheel], capture_output=True
+    )
+    assert installed.returncode == 0, installed.stderr.decode()
+    site = next(prefix.glob("lib/python*/site-packages"))
+    # The editable install of this checkout hooks imports; drop the hook to see only the wheel.
+    script = (
+        "import sys\n"
+        "sys.meta_path = [f for f in sys.meta_path if not type(f).__module__.startswith('__editable__')]\n"
+        "import bot.render\n"
+        "print(bot.render.__file__)\n"
+        "print(bot.render.templates_dir())\n"
+        "bot.render.make_environment().get_template('digest.html.j2')\n"
+    )
+    environ = dict(os.environ, PYTHONPATH=str(site))
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, cwd=tmp_path, env=environ, text=True
+    )
+    assert ran.returncode == 0, ran.stderr
+    module, found = ran.stdout.splitlines()
+    assert Path(module).is_relative_to(site)
+    assert Path(found) == (prefix / "share" / "paperbot" / "templates").resolve()
+
+
+def test_a_checkout_uses_its_own_templates():
+    assert templates_dir() == ROOT / "templates"
+
+
+def test_build_digest_refuses_a_naive_clock(tmp_path):
+    bob = subscriber_with(tmp_path, "")
+    with pytest.raises(ValueError, match="aware"):
+        build_digest(bob, [], generated_at=NOW.replace(tzinfo=None), links=LINKS)
