@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import date
+from datetime import UTC, date, datetime
+from email.utils import parseaddr
 from pathlib import Path
 
 import click
@@ -15,7 +16,15 @@ from bot.config import describe_settings, load_settings
 from bot.errors import BotError, SettingsError
 from bot.fetch import parse_listing
 from bot.pipeline import backtest as run_backtest
-from bot.pipeline import bundled_capture, import_files, make_client, match_days, poll
+from bot.pipeline import (
+    bundled_capture,
+    import_files,
+    make_client,
+    match_days,
+    poll,
+    preview_digest,
+    run_once,
+)
 from bot.store import open_store
 from bot.subscriptions import load_subscriptions
 
@@ -352,25 +361,123 @@ def config(obj):
         click.echo(f"{key:<24} = {shown:<32} ({origin})")
 
 
+def make_senders(settings) -> dict:
+    """The senders the settings ask for: the outbox (default) or SMTP."""
+    from bot.channels.email import OutboxSender, SmtpSender
+
+    if settings["mail.transport"] == "smtp":
+        email = SmtpSender(
+            host=settings["smtp.host"],
+            port=settings["smtp.port"],
+            sender=parseaddr(settings["mail.from"])[1],
+            security=settings["smtp.security"],
+            username=settings["smtp.username"],
+            password=settings["smtp.password"],
+            timeout=settings["smtp.timeout"],
+            rate=settings["smtp.rate"],
+        )
+    else:
+        email = OutboxSender(settings["mail.outbox"])
+    return {"email": email}
+
+
+def _subscribers_for_run(obj) -> list:
+    if not Path(obj.subscriptions_dir).is_dir():
+        log.warning("no subscriptions folder %s: nothing to deliver", obj.subscriptions_dir)
+        return []
+    return list(obj.subscriptions.subscribers)
+
+
 @main.command()
 @click.option("--once", is_flag=True, help="Run every due step once, then exit (for cron).")
 @click.option(
     "--offline", is_flag=True, help="Use the real capture bundled with paperbot instead of the network."
 )
+@click.option("--dry-run", is_flag=True, help="Render and report every due digest; send and record nothing.")
+@click.option(
+    "--backfill",
+    type=click.IntRange(1, 366),
+    default=1,
+    show_default=True,
+    help="Days a subscriber's first digest covers.",
+)
 @click.pass_obj
-def run(obj, once, offline):
-    """Poll, match and deliver. With --once, one pass then exit."""
+def run(obj, once, offline, dry_run, backfill):
+    """Poll, match and deliver. With --once, one pass then exit.
+
+    Each subscriber's digest is due at the latest time their schedule fired; one is made
+    per subscriber, channel and period, and a paper never reaches the same channel twice.
+    """
     if not once:
         raise SettingsError("the long-running scheduler is not built yet: use `paperbot run --once`")
-    if offline:
-        listings, stats = import_files(obj.store, [bundled_capture()])
-        click.echo(f"offline: stored {stats.seen} papers from the bundled capture, {stats.new} new")
-    else:
+    store = obj.store
+
+    def fetch() -> str:
+        if offline:
+            _, stats = import_files(store, [bundled_capture()])
+            return f"offline: stored {stats.seen} papers from the bundled capture, {stats.new} new"
         from bot.fetch import Listing
 
         with make_client(obj.settings) as client:
-            outcome = poll(obj.store, client, obj.settings, Listing("latest"))
-        click.echo(f"fetched {len(outcome.result.papers)} papers, {outcome.stats.new} new")
+            outcome = poll(store, client, obj.settings, Listing("latest"))
+        return f"fetched {len(outcome.result.papers)} papers, {outcome.stats.new} new"
+
+    senders = make_senders(obj.settings)
+    try:
+        report = run_once(
+            store,
+            obj.settings,
+            _subscribers_for_run(obj),
+            fetch=fetch,
+            senders=senders,
+            dry_run=dry_run,
+            backfill_days=backfill,
+        )
+    finally:
+        for sender in senders.values():
+            sender.close()
+    click.echo(report.fetched)
+    for plan, rendered in report.planned:
+        verb = "would send" if dry_run else "made"
+        click.echo(f"{verb} {plan.subscriber.id}/{plan.channel.name} {plan.period.key}: {rendered.subject}")
+    for skip in report.skipped:
+        click.echo(f"nothing for {skip.subscriber_id}/{skip.channel}: {skip.reason}")
+    for outcome in report.outcomes:
+        d = outcome.delivery
+        where = f" to {senders[d.kind].path_for(d)}" if hasattr(senders[d.kind], "path_for") else ""
+        detail = f": {outcome.detail}" if outcome.detail else ""
+        count = f"{len(d.paper_ids)} paper{'' if len(d.paper_ids) == 1 else 's'}"
+        click.echo(f"{outcome.status} {d.subscriber_id}/{d.channel} {d.period} ({count}){where}{detail}")
+    for error in report.errors:
+        click.echo(f"error {error}", err=True)
+    if report.source_error is not None:
+        sys.exit(report.source_error.exit_code)
+    if report.errors or any(o.status in ("failed", "retry") for o in report.outcomes):
+        sys.exit(5)
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "--out", metavar="DIR", default="./preview", show_default=True, help="Where to write the files."
+)
+@click.option("--open", "open_", is_flag=True, help="Open the HTML in a browser.")
+@click.pass_obj
+def preview(obj, name, out, open_):
+    """Write the HTML and text of the digest NAME would get now (nothing is sent or recorded)."""
+    subscriber = _find_subscriber(obj, name)
+    now = datetime.now(UTC)
+    html, text, subject = preview_digest(obj.store, obj.settings, subscriber, now)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    html_path, text_path = folder / f"{subscriber.id}.html", folder / f"{subscriber.id}.txt"
+    html_path.write_text(html, encoding="utf-8")
+    text_path.write_text(text, encoding="utf-8")
+    click.echo(f"{subject}\n{html_path}\n{text_path}")
+    if open_:
+        import webbrowser
+
+        webbrowser.open(html_path.resolve().as_uri())
 
 
 @main.group()

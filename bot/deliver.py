@@ -21,9 +21,10 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from bot.channels import Sender
-from bot.errors import DeliveryError, PermanentError
+from bot.errors import BotError, DeliveryError, PermanentError
 from bot.match import Match, WatchIndex, match_papers
 from bot.models import Channel, Subscriber
 from bot.schedule import Period, due_period
@@ -118,12 +119,16 @@ def plan_digests(
     *,
     kinds: Iterable[str] = ("email",),
     backfill_days: int = 1,
+    preview: bool = False,
+    since: datetime | None = None,
 ) -> tuple[list[DigestPlan], list[Skip]]:
     """The digests due at `now`, read from the store; nothing is written.
 
     A digest covers the papers first seen since the previous digest of that subscriber and
     channel. The first one covers only the latest stored day (`backfill_days` for more), so
-    a new subscriber or a freshly imported history is not a flood.
+    a new subscriber or a freshly imported history is not a flood. With `preview`, a digest
+    is planned even when this period's is already made or the schedule sends none; `since`
+    overrides where the window starts.
     """
     kinds = set(kinds)
     latest = store.latest_day()
@@ -134,6 +139,9 @@ def plan_digests(
             skips.append(Skip(subscriber.id, "*", "paused"))
             continue
         period = due_period(subscriber.schedule, subscriber.timezone, now)
+        if preview:
+            local = now.astimezone(ZoneInfo(subscriber.timezone))
+            period = Period("preview", f"{local:%a} {local.day} {local:%b %Y}", local)
         for channel in subscriber.channels:
             if channel.kind not in kinds:
                 continue
@@ -144,9 +152,13 @@ def plan_digests(
             if period is None:
                 skips.append(Skip(subscriber.id, channel.name, "no digest schedule"))
                 continue
-            if store.find_delivery(subscriber.id, channel.name, period.key):
-                continue  # already made; send_due takes care of it
-            start = store.last_window_end(subscriber.id, channel.name)
+            made = None if preview else store.find_delivery(subscriber.id, channel.name, period.key)
+            if made is not None:  # send_due takes care of it if it is not sent yet
+                skips.append(
+                    Skip(subscriber.id, channel.name, f"the {period.key} digest is {made.state} already")
+                )
+                continue
+            start = since or store.last_window_end(subscriber.id, channel.name)
             if start is None:
                 if latest is None:
                     skips.append(Skip(subscriber.id, channel.name, "no papers stored yet"))
@@ -176,7 +188,9 @@ def plan_digests(
                 )
                 continue
             routed = [m for m in (_routed(m, subscriber, channel) for m in found.get(subscriber.id, [])) if m]
-            already = store.delivered_papers(subscriber.id, channel.name, [m.paper.id for m in routed])
+            # A preview shows what the watches find, sent before or not.
+            ids = [m.paper.id for m in routed]
+            already = set() if preview else store.delivered_papers(subscriber.id, channel.name, ids)
             fresh = rank_matches(m for m in routed if m.paper.id not in already)
             if not fresh and not subscriber.send_empty:
                 skips.append(Skip(subscriber.id, channel.name, "nothing new matched"))
@@ -243,7 +257,11 @@ def finish_interrupted(
             shown,
             len(papers),
         )
-        message, message_id, subject = compose(plan, shown, len(shown))
+        try:
+            message, message_id, subject = compose(plan, shown, len(shown))
+        except (BotError, ValueError) as error:  # e.g. an address's ${VAR} unset: fixable, keep it
+            log.error("cannot render the digest %s of %s yet: %s", delivery.period, subscriber.id, error)
+            continue
         store.attach_message(delivery.id, message=message, message_id=message_id, subject=subject)
         finished.append(store.get_delivery(delivery.id))
     return finished

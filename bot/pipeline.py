@@ -1,30 +1,51 @@
-"""One run of paperbot, end to end, over injected parts (client, store, clock).
+"""One run of paperbot, end to end, over injected parts (client, store, senders, clock).
 
-For now: poll Hugging Face (or read a bundled capture) and store what it lists.
-Matching, rendering and delivery join here as they are built.
+run_once: poll (or read the bundled capture) ─> plan digests ─> reserve + render ─> send
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from importlib import resources
 
 from bot.captures import read_capture
+from bot.channels import Sender
 from bot.config import Settings
-from bot.errors import SourceError
+from bot.deliver import (
+    DigestPlan,
+    Outcome,
+    RetryPolicy,
+    Skip,
+    finish_interrupted,
+    plan_digests,
+    reserve_digest,
+    send_due,
+)
+from bot.errors import BotError, SettingsError, SourceError
 from bot.fetch import Listing, fetch_listing, fetch_with_fallback
 from bot.match import Match, WatchIndex, match_papers
-from bot.models import FetchResult, Subscriber
+from bot.message import MessageSettings, compose_email, digest_links, email_bytes
+from bot.models import Digest, FetchResult, Subscriber
+from bot.render import RenderedDigest, render_digest
 from bot.store import SaveStats, Store
 from bot.transport import HttpClient
 
 __all__ = [
     "DayMatches",
     "PollOutcome",
+    "RunReport",
+    "message_settings",
+    "preview_digest",
+    "render_plan",
+    "retry_policy",
+    "run_once",
     "backtest",
     "bundled_capture",
     "import_files",
@@ -168,3 +189,179 @@ def backtest(store: Store, subscriber: Subscriber, days: int, until: date | None
     return match_days(
         store, [dataclasses.replace(subscriber, paused=False)], until - timedelta(days=days - 1), until
     )
+
+
+# -- one run: poll, plan, reserve, render, send ------------------------------------------------
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_target(target: str, environ: dict | None = None) -> str:
+    """A channel's address or URL with its ${VARS} filled from the environment."""
+    environ = os.environ if environ is None else environ
+
+    def value(found: re.Match) -> str:
+        name = found.group(1)
+        if not environ.get(name):
+            raise SettingsError(
+                f"the environment variable {name} is not set: set it to the channel's address"
+            )
+        return environ[name]
+
+    return _ENV_REF.sub(value, target)
+
+
+def message_settings(settings: Settings, store: Store) -> MessageSettings:
+    """What digests need from the settings. Without web.secret, a random key is made once and
+    kept in the database, so links signed today still verify tomorrow."""
+    secret = settings["web.secret"] or store.set_meta_once("web.secret", secrets.token_urlsafe(32))
+    return MessageSettings(
+        sender=settings["mail.from"],
+        base_url=settings["web.base_url"],
+        secret=tuple(part.strip() for part in secret.split(",")) if "," in secret else secret,
+        unsubscribe_to=settings["mail.unsubscribe_to"],
+        list_id=settings["mail.list_id"],
+    )
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """The retry and suppression rules from the settings."""
+    return RetryPolicy(
+        max_attempts=settings["delivery.max_attempts"],
+        first_wait=timedelta(minutes=settings["delivery.retry_minutes"]),
+        suppress_after=settings["delivery.suppress_after"],
+    )
+
+
+def render_plan(
+    plan: DigestPlan, shown: tuple, total: int, mail: MessageSettings
+) -> tuple[Digest, RenderedDigest, bytes]:
+    """A planned digest as the subscriber will read it, and the bytes of its email."""
+    generated = plan.window_end
+    links = digest_links(mail, plan.subscriber.id, plan.period.key, now=generated)
+    digest = Digest(
+        subscriber=plan.subscriber,
+        channel=plan.channel.name,
+        period=plan.period.key,
+        label=plan.period.label,
+        generated_at=generated,
+        matches=shown,
+        total=total,
+        list_url=links.list_url,
+        unsubscribe_url=links.unsubscribe_url,
+        manage_url=links.manage_url,
+    )
+    rendered = render_digest(digest)
+    message = compose_email(digest, rendered, mail, to=expand_target(plan.channel.target))
+    return digest, rendered, email_bytes(message)
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """What one run did: the poll, the digests made (or that would be, in a dry run), the sends."""
+
+    fetched: str  # one line about the poll
+    planned: tuple[tuple[DigestPlan, RenderedDigest], ...]
+    skipped: tuple[Skip, ...]
+    outcomes: tuple[Outcome, ...]
+    errors: tuple[str, ...]  # subscribers whose digest could not be made, and why
+    source_error: SourceError | None = None
+
+
+def run_once(
+    store: Store,
+    settings: Settings,
+    subscribers: list[Subscriber],
+    *,
+    fetch: Callable[[], str],
+    senders: dict[str, Sender],
+    clock: Callable[[], datetime] = _now,
+    dry_run: bool = False,
+    backfill_days: int = 1,
+) -> RunReport:
+    """Fetch, match, render and deliver every digest that is due, once.
+
+    A failed fetch sends no new digests (a changed page must not look like a quiet day),
+    but retries of earlier ones still go. A dry run writes nothing and sends nothing.
+    """
+    source_error = None
+    try:
+        fetched = fetch()
+    except SourceError as error:
+        log.error("fetch failed, no new digests this run: %s", error)
+        fetched, source_error = f"fetch failed: {error}", error
+    mail = message_settings(settings, store)
+    planned, errors = [], []
+    skipped: list[Skip] = []
+    if source_error is None:
+        plans, skipped = plan_digests(
+            store, subscribers, clock(), kinds=senders.keys(), backfill_days=backfill_days
+        )
+        for skip in skipped:
+            log.info("%s/%s: nothing to send: %s", skip.subscriber_id, skip.channel, skip.reason)
+        for plan in plans:
+            made: list[RenderedDigest] = []
+            compose = _composer(mail, made)
+            try:
+                if dry_run:
+                    shown = plan.matches[: plan.subscriber.max_papers]
+                    compose(plan, shown, len(plan.matches))
+                else:
+                    reserve_digest(store, plan, compose, clock())
+            except (BotError, ValueError) as error:
+                errors.append(f"{plan.subscriber.id}/{plan.channel.name}: {error}")
+                log.error("cannot make the digest of %s/%s: %s", plan.subscriber.id, plan.channel.name, error)
+                continue
+            if made:
+                planned.append((plan, made[-1]))
+    if dry_run:
+        return RunReport(fetched, tuple(planned), tuple(skipped), (), tuple(errors), source_error)
+
+    finish_interrupted(store, subscribers, _composer(mail, []), clock())
+    outcomes = send_due(store, senders, clock, retry_policy(settings))
+    return RunReport(fetched, tuple(planned), tuple(skipped), tuple(outcomes), tuple(errors), source_error)
+
+
+def preview_digest(
+    store: Store, settings: Settings, subscriber: Subscriber, now: datetime
+) -> tuple[str, str, str]:
+    """The HTML, text and subject of the digest `subscriber` would get now; nothing is written
+    but the link-signing key, made once if the settings have none."""
+    email = [c for c in subscriber.channels if c.kind == "email"]
+    if not email:
+        raise SettingsError(
+            f"{subscriber.id} has no email channel to preview: add email = true to [channels]"
+        )
+    person = dataclasses.replace(subscriber, paused=False, send_empty=True, channels=tuple(email[:1]))
+    plans, skips = plan_digests(store, [person], now, preview=True)
+    latest = store.latest_day()
+    if not plans and latest:
+        # Nothing new since the last digest: show the latest stored day's, so there is a preview.
+        log.warning("nothing new for %s since the last digest: previewing the latest day's", subscriber.id)
+        start = datetime.combine(latest, time(0), tzinfo=UTC)
+        plans, skips = plan_digests(store, [person], now, preview=True, since=start)
+    if not plans:
+        raise SettingsError(
+            f"nothing to preview for {subscriber.id}: {skips[0].reason if skips else 'no digest'}"
+        )
+    plan = plans[0]
+    shown = plan.matches[: person.max_papers]
+    _, rendered, _ = render_plan(plan, shown, len(plan.matches), message_settings(settings, store))
+    return rendered.html, rendered.text, rendered.subject
+
+
+def _composer(mail: MessageSettings, made: list[RenderedDigest]):
+    """A Compose function for the ledger that also keeps what it rendered (for the report)."""
+
+    def compose(plan: DigestPlan, shown: tuple, total: int) -> tuple[bytes, str, str]:
+        _, rendered, data = render_plan(plan, shown, total, mail)
+        made.append(rendered)
+        return data, _message_id(data), rendered.subject
+
+    return compose
+
+
+def _message_id(data: bytes) -> str:
+    found = re.search(rb"^Message-ID: (<[^>]+>)", data, re.M | re.I)
+    return found.group(1).decode() if found else ""

@@ -67,6 +67,7 @@ class SmtpRecorder:
         self.replies: list[str] = []
         self.messages: list[tuple[str, list[str], bytes]] = []
         self.sessions = 0
+        self.delay = 0.0  # seconds before answering each DATA, like a slow server
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         self.sessions += 1
@@ -74,6 +75,10 @@ class SmtpRecorder:
         return responses
 
     async def handle_DATA(self, server, session, envelope):
+        if self.delay:
+            import asyncio
+
+            await asyncio.sleep(self.delay)
         reply = self.replies.pop(0) if self.replies else "250 2.0.0 OK"
         if reply == "drop":
             server.transport.abort()

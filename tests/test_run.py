@@ -1,0 +1,290 @@
+"""`paperbot run --once` end to end: real captures, a real SQLite file, the outbox, and a real
+SMTP server (aiosmtpd) on 127.0.0.1. What a subscriber notices: their digest arrives once,
+with the papers their watches matched, at their time, and never again."""
+
+from __future__ import annotations
+
+import email
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from email import policy
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bot.channels.email import OutboxSender, SmtpSender
+from bot.cli import main
+from bot.pipeline import import_files, run_once
+from bot.store import open_store
+from bot.subscriptions import load_subscriptions
+from conftest import HF
+
+DAY = HF / "api_daily_papers_2026-06-12.json"  # 30 papers, featured on Friday 2026-06-12
+EXAMPLES = Path(__file__).parents[1] / "subscriptions"
+FRIDAY_9AM_BERLIN = datetime(2026, 6, 12, 7, 0, tzinfo=UTC)
+
+
+def subscription(folder: Path, sid: str, query: str = "attention", **top) -> Path:
+    lines = [f'name = "{sid.title()}"', f'email = "{sid}@example.org"', 'timezone = "Europe/Berlin"']
+    lines += [f"{k} = {v}" for k, v in top.items()]
+    lines += ["", "[[watch]]", 'name = "w"', f"query = '{query}'"]
+    path = folder / f"{sid}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def settings_for(make_settings, **values):
+    return make_settings(**values)
+
+
+def run(store, settings, folder, senders, now, **options):
+    return run_once(
+        store,
+        settings,
+        list(load_subscriptions(folder).subscribers),
+        fetch=lambda: "stored",
+        senders=senders,
+        clock=lambda: now,
+        **options,
+    )
+
+
+@pytest.fixture
+def world(tmp_path, make_settings):
+    """A store holding the real 2026-06-12 listing, a subscriptions folder, an outbox."""
+    folder = tmp_path / "subscriptions"
+    folder.mkdir()
+    with open_store(tmp_path / "paperbot.db") as store:
+        import_files(store, [str(DAY)])
+        yield store, folder, make_settings(), tmp_path / "outbox"
+
+
+def parsed(path: Path) -> email.message.EmailMessage:
+    return email.message_from_bytes(path.read_bytes(), policy=policy.default)
+
+
+def test_a_due_digest_reaches_the_outbox_once(world):
+    store, folder, settings, outbox = world
+    subscription(folder, "alice", '"sparse attention"')
+    senders = {"email": OutboxSender(outbox)}
+
+    report = run(store, settings, folder, senders, FRIDAY_9AM_BERLIN)
+
+    assert [o.status for o in report.outcomes] == ["sent"]
+    (path,) = outbox.iterdir()
+    message = parsed(path)
+    assert message["To"] == "Alice <alice@example.org>"
+    assert "MiniMax Sparse Attention" in message["Subject"] and "Fri 12 Jun 2026" in message["Subject"]
+    assert message.get_content_type() == "multipart/alternative"
+    html = message.get_body(("html",)).get_content()
+    assert "<mark" in html and "huggingface.co/papers/2606.13392" in html
+    # the next runs that day, and the next day's, never send those papers again
+    again = run(store, settings, folder, senders, FRIDAY_9AM_BERLIN + timedelta(hours=2))
+    assert again.outcomes == () and "sent already" in again.skipped[0].reason
+    next_day = run(store, settings, folder, senders, FRIDAY_9AM_BERLIN + timedelta(days=1))
+    assert next_day.outcomes == () and next_day.skipped[0].reason.startswith("no new papers upstream")
+    assert len(list(outbox.iterdir())) == 1
+
+
+def test_nothing_is_due_before_the_subscribers_local_time(world):
+    store, folder, settings, outbox = world
+    subscription(folder, "alice", schedule='"daily 10:00"')
+    senders = {"email": OutboxSender(outbox)}
+    # 09:00 in Berlin on Friday: Thursday's 10:00 digest is the one due; it holds Friday's papers
+    report = run(store, settings, folder, senders, FRIDAY_9AM_BERLIN)
+    assert [d.delivery.period for d in report.outcomes] == ["2026-06-11"]
+    later = run(store, settings, folder, senders, FRIDAY_9AM_BERLIN + timedelta(hours=1, minutes=1))
+    assert [d.delivery.period for d in later.outcomes] == []  # made, but nothing new to put in it
+    assert later.skipped[0].reason.startswith("no new papers upstream")
+
+
+def test_empty_digests_only_for_those_who_ask(world):
+    store, folder, settings, outbox = world
+    subscription(folder, "quiet", "zzzunseenzzz")
+    subscription(folder, "keen", "zzzunseenzzz", send_empty="true")
+    report = run(store, settings, folder, {"email": OutboxSender(outbox)}, FRIDAY_9AM_BERLIN)
+    assert [o.delivery.subscriber_id for o in report.outcomes] == ["keen"]
+    assert [(s.subscriber_id, s.reason) for s in report.skipped] == [("quiet", "nothing new matched")]
+    (path,) = outbox.iterdir()
+    assert "No new papers" in parsed(path)["Subject"]
+
+
+def test_the_first_digest_covers_the_latest_day_unless_asked_for_more(tmp_path, make_settings):
+    folder = tmp_path / "subscriptions"
+    folder.mkdir()
+    subscription(folder, "alice", "model* OR agent*")
+    days = [HF / "api_daily_papers_2026-05-08_prettyprinted.json", DAY]
+    for backfill, expected in [(1, {"2026-06-12"}), (60, {"2026-05-08", "2026-06-12"})]:
+        with open_store(tmp_path / f"b{backfill}.db") as store:
+            import_files(store, [str(d) for d in days])
+            run(
+                store,
+                make_settings(),
+                folder,
+                {"email": OutboxSender(tmp_path / f"o{backfill}")},
+                FRIDAY_9AM_BERLIN,
+                backfill_days=backfill,
+            )
+            (delivery,) = [store.get_delivery(1)]
+            featured = {store.get_paper(p).featured_on.isoformat() for p in delivery.paper_ids}
+            assert featured == expected, backfill
+
+
+def test_a_dry_run_renders_and_records_nothing(world):
+    store, folder, settings, outbox = world
+    subscription(folder, "alice")
+    report = run(store, settings, folder, {"email": OutboxSender(outbox)}, FRIDAY_9AM_BERLIN, dry_run=True)
+    assert len(report.planned) == 1 and report.planned[0][1].shown > 0
+    assert report.outcomes == () and store.delivery_counts() == {} and not outbox.exists()
+
+
+def test_one_broken_subscriber_holds_up_nobody(world, monkeypatch):
+    store, folder, settings, outbox = world
+    subscription(folder, "alice")
+    (folder / "bob.toml").write_text(
+        'email = "bob@example.org"\n[channels]\nwork = { kind = "email", to = "${BOB_WORK_MAIL}" }\n'
+        '[[watch]]\nname = "w"\nquery = "attention"\n'
+    )
+    (folder / "carol.toml").write_text('[[watch]]\nname = "w"\nmin_upvote = 3\n')  # invalid
+    monkeypatch.delenv("BOB_WORK_MAIL", raising=False)
+    report = run(store, settings, folder, {"email": OutboxSender(outbox)}, FRIDAY_9AM_BERLIN)
+    assert [o.delivery.subscriber_id for o in report.outcomes] == ["alice"]
+    assert any("BOB_WORK_MAIL" in e for e in report.errors)
+    # once the operator sets the variable, bob's reserved digest is rendered and sent
+    monkeypatch.setenv("BOB_WORK_MAIL", "bob@work.example.org")
+    later = run(store, settings, folder, {"email": OutboxSender(outbox)}, FRIDAY_9AM_BERLIN)
+    assert [(o.delivery.subscriber_id, o.status) for o in later.outcomes] == [("bob", "sent")]
+    # bob is on UTC, where today's 08:00 is still to come: yesterday's digest is the one due
+    assert "bob@work.example.org" in parsed(outbox / "2026-06-11-bob-work.eml")["To"]
+
+
+def test_smtp_delivery_with_a_greylisting_server(world, smtp_server):
+    store, folder, settings, _ = world
+    for sid in ("alice", "bob", "carol"):
+        subscription(folder, sid)
+    smtp_server.handler.replies = ["250 ok", "451 4.7.1 greylisted", "550 5.1.1 no such user"]
+    sender = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
+    first = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN)
+    assert [(o.delivery.subscriber_id, o.status) for o in first.outcomes] == [
+        ("alice", "sent"),
+        ("bob", "retry"),
+        ("carol", "failed"),
+    ]
+    second = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN + timedelta(minutes=10))
+    sender.close()
+    assert [(o.delivery.subscriber_id, o.status) for o in second.outcomes] == [("bob", "sent")]
+    received = [to[0] for _, to, _ in smtp_server.handler.messages]
+    assert received == ["alice@example.org", "bob@example.org"]
+    for _, _, data in smtp_server.handler.messages:
+        assert b"\r\n" in data and max(len(line) for line in data.split(b"\r\n")) <= 998
+        message = email.message_from_bytes(data, policy=policy.default)
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert "mailto:" in message["List-Unsubscribe"] and "https://" in message["List-Unsubscribe"].replace(
+            "http://", "https://"
+        )
+
+
+# -- as a user runs it: the command, the quick start, a crash -----------------------------------
+
+
+def paperbot(cwd: Path, *args: str, env: dict | None = None, **options) -> subprocess.Popen:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PAPERBOT_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "bot", *args],
+        cwd=cwd,
+        env={**clean, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **options,
+    )
+
+
+def test_the_quick_start_leaves_a_real_email_in_the_outbox_and_sends_it_once(tmp_path):
+    (tmp_path / "subscriptions").mkdir()
+    (tmp_path / "subscriptions" / "example-alice.toml").write_bytes(
+        (EXAMPLES / "example-alice.toml").read_bytes()
+    )
+    first = paperbot(tmp_path, "run", "--once", "--offline")
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert "sent example-alice/email" in out
+    (path,) = (tmp_path / "outbox").iterdir()
+    message = parsed(path)
+    assert message["To"] == "Alice Example <alice@example.org>" and message["Message-ID"]
+    second = paperbot(tmp_path, "run", "--once", "--offline")
+    out, _ = second.communicate(timeout=120)
+    assert second.returncode == 0 and "sent already" in out
+    assert len(list((tmp_path / "outbox").iterdir())) == 1
+
+
+def test_killed_between_messages_then_run_again_each_digest_arrives_once(tmp_path, smtp_server):
+    """SIGKILL while a batch of 6 digests goes out over SMTP; the next run sends the rest.
+
+    The server takes 0.3 s per message, so the kill lands mid-batch. A duplicate is only
+    possible for the one message the server accepted while the process died before it
+    recorded "sent" (the window the README names); the test counts them."""
+    folder = tmp_path / "subscriptions"
+    folder.mkdir()
+    people = [f"p{n}" for n in range(6)]
+    for sid in people:
+        subscription(folder, sid)
+    env = {
+        "PAPERBOT_MAIL_TRANSPORT": "smtp",
+        "PAPERBOT_SMTP_HOST": "127.0.0.1",
+        "PAPERBOT_SMTP_PORT": str(smtp_server.port),
+        "PAPERBOT_SMTP_SECURITY": "none",
+        "PAPERBOT_DB": str(tmp_path / "paperbot.db"),
+    }
+    smtp_server.handler.delay = 0.3
+    victim = paperbot(tmp_path, "run", "--once", "--offline", env=env)
+    deadline = time.monotonic() + 60
+    while len(smtp_server.handler.messages) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate(timeout=30)
+    assert victim.returncode == -signal.SIGKILL
+    before = len(smtp_server.handler.messages)
+    assert before < len(people), "the kill came too late to test anything"
+
+    time.sleep(0.5)  # let the server finish the message in flight, as a real one would
+    env["PAPERBOT_DELIVERY_RETRY_MINUTES"] = "0"
+    for _ in range(2):  # the second run picks up a digest whose sender died mid-send, once its lease ends
+        again = paperbot(tmp_path, "run", "--once", "--offline", env=env)
+        again.communicate(timeout=120)
+        with open_store(tmp_path / "paperbot.db") as store:
+            if store.delivery_counts().get("sent") == len(people):
+                break
+            # the killed run's claim: expire it as the clock would after the lease
+            store.db.execute("update deliveries set claimed_until = '2000-01-01' where state = 'sending'")
+            store.db.conn.commit()
+    received = [to[0].split("@")[0] for _, to, _ in smtp_server.handler.messages]
+    duplicates = len(received) - len(set(received))
+    print(f"killed after {before} messages; {len(received)} received in all, {duplicates} duplicates")
+    assert set(received) == set(people)  # none lost
+    assert duplicates <= 1  # only the message in flight at the kill can come twice
+
+
+def test_run_cli_reports_and_exits_non_zero_when_a_send_fails(tmp_path, smtp_server):
+    folder = tmp_path / "subscriptions"
+    folder.mkdir()
+    subscription(folder, "alice")
+    smtp_server.handler.replies = ["451 4.3.0 later"]
+    env = {
+        "PAPERBOT_CONFIG": "",
+        "PAPERBOT_MAIL_TRANSPORT": "smtp",
+        "PAPERBOT_SMTP_HOST": "127.0.0.1",
+        "PAPERBOT_SMTP_PORT": str(smtp_server.port),
+        "PAPERBOT_SMTP_SECURITY": "none",
+    }
+    base = ["--db", str(tmp_path / "p.db"), "--subscriptions", str(folder)]
+    result = CliRunner().invoke(main, [*base, "run", "--once", "--offline"], env=env)
+    assert result.exit_code == 5
+    assert "retry alice/email" in result.output and "451" in result.output
+    status = CliRunner().invoke(main, [*base, "status"], env=env)
+    assert "1 pending" in status.output and "retrying alice/email" in status.output
