@@ -33,33 +33,12 @@ from pathlib import Path
 from bot.captures import Capture, read_capture
 from bot.pipeline import import_files
 from bot.sources.hf_page import parse_page
-from bot.store import format_time, open_store
+from bot.store import _PAPER_COLUMNS, format_time, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 HISTORY = REPO.parent / "shared" / "data" / "hf_daily_papers_2024-05-27_2026-03-31.jsonl.gz"
 PAGE = REPO / "tests" / "fixtures" / "hf" / "papers_date_2024-08-01.html"
 GOAL_SECONDS = 10.0
-
-_COLUMNS = (
-    "id",
-    "title",
-    "abstract",
-    "authors",
-    "published_at",
-    "featured_on",
-    "upvotes",
-    "num_comments",
-    "github_repo",
-    "github_stars",
-    "project_page",
-    "ai_summary",
-    "ai_keywords",
-    "organization",
-    "organization_fullname",
-    "thumbnail",
-    "first_seen_at",
-    "last_seen_at",
-)
 
 
 def timed(work) -> tuple[float, object]:
@@ -72,8 +51,8 @@ def timed(work) -> tuple[float, object]:
 def insert_row_by_row(path: Path, captures: list[Capture]) -> int:
     """The baseline: plain sqlite3, one INSERT OR REPLACE and one commit per paper."""
     conn = sqlite3.connect(path)
-    conn.execute(f"create table papers ({', '.join(_COLUMNS)}, primary key (id))")
-    marks = ", ".join("?" * len(_COLUMNS))
+    conn.execute(f"create table papers ({', '.join(_PAPER_COLUMNS)}, primary key (id))")
+    marks = ", ".join("?" * len(_PAPER_COLUMNS))
     rows = 0
     for capture in captures:
         stamp = format_time(capture.seen_at)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from bot.store import open_store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HF = FIXTURES / "hf"
+GOLDEN = Path(__file__).parent / "golden"
 SHARED_HISTORY = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "hf_daily_papers_2024-05-27_2026-03-31.jsonl.gz"
 )
@@ -109,3 +112,22 @@ def smtp_server():
         yield controller
     finally:
         controller.stop()
+
+
+def check_golden(name: str, actual: str) -> None:
+    """Compare with tests/golden/<name>, showing a unified diff; UPDATE_GOLDEN=1 rewrites it."""
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(actual, encoding="utf-8", newline="\n")
+        return
+    if not path.exists():
+        pytest.fail(f"{path} is missing: write it with UPDATE_GOLDEN=1 python -m pytest tests")
+    expected = path.read_text(encoding="utf-8")
+    if actual != expected:
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(keepends=True), actual.splitlines(keepends=True), f"golden/{name}", "now"
+            )
+        )
+        pytest.fail(f"{name} differs from its golden file (UPDATE_GOLDEN=1 accepts the change):\n{diff}")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import email
 import email.policy
-import os
 import re
 import textwrap
 from datetime import UTC, datetime, timedelta
@@ -30,37 +28,15 @@ from bot.tokens import (
     make_token,
     read_token,
 )
+from conftest import check_golden
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = Path(__file__).parent / "golden"
 CAPTURE = Path(__file__).parent / "fixtures" / "hf" / "api_daily_papers_2026-06-12.json"
 NOW = datetime(2026, 6, 12, 6, 0, tzinfo=UTC)
 SECRET = "test-secret-not-for-production"
 SETTINGS = MessageSettings(
     sender="paperbot <digest@paperbot.example.org>", base_url="https://paperbot.example.org/", secret=SECRET
 )
-
-
-def check_golden(name: str, actual: str) -> None:
-    """Compare with tests/golden/<name>, showing a unified diff; UPDATE_GOLDEN=1 rewrites it."""
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(actual, encoding="utf-8", newline="\n")
-        return
-    if not path.exists():
-        pytest.fail(f"{path} is missing: write it with UPDATE_GOLDEN=1 python -m pytest {__file__}")
-    expected = path.read_text(encoding="utf-8")
-    if actual != expected:
-        diff = "".join(
-            difflib.unified_diff(
-                expected.splitlines(keepends=True),
-                actual.splitlines(keepends=True),
-                f"golden/{name}",
-                "composed",
-            )
-        )
-        pytest.fail(f"{name} differs from its golden file (UPDATE_GOLDEN=1 accepts the change):\n{diff}")
 
 
 def papers() -> list[Paper]:

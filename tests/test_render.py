@@ -7,7 +7,6 @@ The golden files in tests/golden/ are what example-alice gets from the real capt
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import subprocess
@@ -34,9 +33,9 @@ from bot.render import (
     templates_dir,
 )
 from bot.subscriptions import read_subscription
+from conftest import check_golden
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = Path(__file__).parent / "golden"
 CAPTURE = Path(__file__).parent / "fixtures" / "hf" / "api_daily_papers_2026-06-12.json"
 ALICE = ROOT / "subscriptions" / "example-alice.toml"
 NOW = datetime(2026, 6, 12, 6, 0, tzinfo=UTC)  # 08:00 in Berlin: alice's "daily 08:00"
@@ -51,28 +50,6 @@ LINKS = DigestLinks(
     manage_url="https://paperbot.example.org/manage/t",
 )
 MARK = re.compile(r"<mark\b[^>]*>(.*?)</mark>")
-
-
-def check_golden(name: str, actual: str) -> None:
-    """Compare with tests/golden/<name>, showing a unified diff; UPDATE_GOLDEN=1 rewrites it."""
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(actual, encoding="utf-8", newline="\n")
-        return
-    if not path.exists():
-        pytest.fail(f"{path} is missing: write it with UPDATE_GOLDEN=1 python -m pytest {__file__}")
-    expected = path.read_text(encoding="utf-8")
-    if actual != expected:
-        diff = "".join(
-            difflib.unified_diff(
-                expected.splitlines(keepends=True),
-                actual.splitlines(keepends=True),
-                f"golden/{name}",
-                "rendered",
-            )
-        )
-        pytest.fail(f"{name} differs from its golden file (UPDATE_GOLDEN=1 accepts the change):\n{diff}")
 
 
 def capture_papers() -> list[Paper]:
