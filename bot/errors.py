@@ -14,12 +14,14 @@ traceback.
     └── DeliveryError        a channel did not take a message
         ├── TransientError   try again later (4xx, connection lost, timeout, 429)
         └── PermanentError   do not retry this message (5xx from SMTP, 4xx from a webhook)
+            └── ChannelGone  the channel itself is gone (Slack 404/410): disable it
 """
 
 from __future__ import annotations
 
 __all__ = [
     "BotError",
+    "ChannelGone",
     "DeliveryError",
     "PermanentError",
     "TransientError",
@@ -108,3 +110,8 @@ class TransientError(DeliveryError):
 
 class PermanentError(DeliveryError):
     """Trying again will not help: a 5xx SMTP reply, a webhook's 4xx, a channel gone."""
+
+
+class ChannelGone(PermanentError):
+    """The channel no longer exists (a Slack webhook answering 404/410, `no_service`): paperbot
+    disables it for that subscriber at once, with this reason, for the operator to see."""
