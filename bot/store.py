@@ -123,6 +123,7 @@ class Delivery:
     window_end: datetime | None = None
     next_attempt_at: datetime | None = None
     sent_at: datetime | None = None
+    parts_sent: int = 0  # of a message in several parts, how many went out
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +303,12 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
     db["meta"].create({"key": str, "value": str}, pk="key")
 
 
-MIGRATIONS = [_migrate_1, _migrate_2]
+def _migrate_3(db: sqlite_utils.Database) -> None:
+    """Messages in several parts (long Slack digests) record how many parts went out."""
+    db["deliveries"].add_column("parts_sent", int, not_null_default=0)
+
+
+MIGRATIONS = [_migrate_1, _migrate_2, _migrate_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _PAPER_COLUMNS = (
@@ -597,6 +603,7 @@ class Store:
             window_end=_parse_time(row["window_end"]),
             next_attempt_at=_parse_time(row["next_attempt_at"]),
             sent_at=_parse_time(row["sent_at"]),
+            parts_sent=row.get("parts_sent") or 0,
         )
 
     def get_delivery(self, delivery_id: int) -> Delivery | None:
@@ -725,6 +732,11 @@ class Store:
                 [format_time(now), delivery_id],
             )
 
+    def mark_part_sent(self, delivery_id: int, parts_sent: int) -> None:
+        """Record that the first `parts_sent` parts of a message in several parts went out."""
+        with self._immediate() as conn:
+            conn.execute("update deliveries set parts_sent = ? where id = ?", [parts_sent, delivery_id])
+
     def mark_retry(self, delivery_id: int, error: str, next_attempt_at: datetime) -> None:
         """A transient failure: try again at `next_attempt_at`."""
         with self._immediate() as conn:
@@ -766,26 +778,36 @@ class Store:
             )
 
     def suppression(self, subscriber_id: str, channel: str) -> str | None:
-        """Why this subscriber's channel is suppressed, or None."""
+        """Why this subscriber's channel is suppressed (channel "*": all of them, as after an
+        unsubscribe), or None. The suppression list wins over any subscription file."""
         row = next(
             self.db.query(
-                "select reason from suppressions where subscriber_id = ? and channel = ?",
+                "select reason from suppressions where subscriber_id = ? and channel in (?, '*')"
+                " order by channel = '*' desc",
                 [subscriber_id, channel],
             ),
             None,
         )
         return row["reason"] if row else None
 
+    def unsuppress(self, subscriber_id: str, channel: str = "*") -> None:
+        """Lift a suppression (a subscriber who subscribes again, an address fixed)."""
+        with self._immediate() as conn:
+            conn.execute(
+                "delete from suppressions where subscriber_id = ? and channel = ?", [subscriber_id, channel]
+            )
+
     def suppressions(self) -> list[dict]:
         """Every suppressed subscriber channel, with its reason."""
         return list(self.db.query("select * from suppressions order by created_at"))
 
-    def last_window_end(self, subscriber_id: str, channel: str) -> datetime | None:
-        """Where the next digest's window starts: the end of the last one made."""
+    def last_window_end(self, subscriber_id: str, channel: str, instant: bool = False) -> datetime | None:
+        """Where the next digest's (or instant alert's) window starts: the end of the last one."""
+        kind = "like" if instant else "not like"
         row = next(
             self.db.query(
                 "select max(window_end) as last from deliveries where subscriber_id = ? and channel = ?"
-                " and period not like 'instant%'",
+                f" and period {kind} 'instant%'",
                 [subscriber_id, channel],
             ),
             None,
