@@ -6,20 +6,20 @@ import json
 import logging
 import sys
 from datetime import UTC, date, datetime
-from email.utils import parseaddr
 from pathlib import Path
 
 import click
 
 from bot import __version__
 from bot.config import describe_settings, load_settings
-from bot.errors import BotError, SettingsError
+from bot.errors import BotError
 from bot.fetch import parse_listing
 from bot.pipeline import backtest as run_backtest
 from bot.pipeline import (
     bundled_capture,
     import_files,
     make_client,
+    make_senders,
     match_days,
     poll,
     preview_digest,
@@ -335,9 +335,13 @@ def status(obj):
             line += f"; {entry['errors_in_a_row']} errors in a row: {last['error']}"
             line += f"; last good {entry['last_good'][:19] + 'Z' if entry['last_good'] else 'never'}"
         click.echo(line)
+    for job in store.jobs():
+        last = (job["last_started_at"] or "never")[:19]
+        nxt = (job["next_run_at"] or "-")[:19]
+        click.echo(f"job {job['name']:<22} last {last} {job['last_status'] or 'running'}; next {nxt}")
     counts = store.delivery_counts()
     if counts:
-        order = ("sent", "pending", "sending", "new", "failed")
+        order = ("sent", "pending", "sending", "new", "failed", "skipped")
         click.echo("deliveries: " + ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s)))
     for delivery in store.troubled_deliveries():
         state = "retrying" if delivery.state == "pending" else delivery.state
@@ -359,26 +363,6 @@ def config(obj):
     """Print the effective settings (secrets masked) and where each came from."""
     for key, shown, origin in describe_settings(obj.settings):
         click.echo(f"{key:<24} = {shown:<32} ({origin})")
-
-
-def make_senders(settings) -> dict:
-    """The senders the settings ask for: the outbox (default) or SMTP."""
-    from bot.channels.email import OutboxSender, SmtpSender
-
-    if settings["mail.transport"] == "smtp":
-        email = SmtpSender(
-            host=settings["smtp.host"],
-            port=settings["smtp.port"],
-            sender=parseaddr(settings["mail.from"])[1],
-            security=settings["smtp.security"],
-            username=settings["smtp.username"],
-            password=settings["smtp.password"],
-            timeout=settings["smtp.timeout"],
-            rate=settings["smtp.rate"],
-        )
-    else:
-        email = OutboxSender(settings["mail.outbox"])
-    return {"email": email}
 
 
 def _subscribers_for_run(obj) -> list:
@@ -403,13 +387,22 @@ def _subscribers_for_run(obj) -> list:
 )
 @click.pass_obj
 def run(obj, once, offline, dry_run, backfill):
-    """Poll, match and deliver. With --once, one pass then exit.
+    """Poll, match and deliver: as a daemon, or with --once one pass then exit (for cron).
+
+    The daemon polls every poll.interval_minutes, sends each subscriber's digest on their
+    schedule in their time zone, catches up after downtime (schedule.grace_hours), reloads
+    subscriptions on SIGHUP or when a file changes, and stops cleanly on SIGTERM.
 
     Each subscriber's digest is due at the latest time their schedule fired; one is made
     per subscriber, channel and period, and a paper never reaches the same channel twice.
     """
     if not once:
-        raise SettingsError("the long-running scheduler is not built yet: use `paperbot run --once`")
+        if dry_run:
+            raise click.UsageError("--dry-run goes with --once")
+        from bot.daemon import Daemon
+
+        Daemon(obj.settings, obj.subscriptions_dir, offline=offline).serve_forever()
+        return
     store = obj.store
 
     def fetch() -> str:
@@ -422,24 +415,27 @@ def run(obj, once, offline, dry_run, backfill):
             outcome = poll(store, client, obj.settings, Listing("latest"))
         return f"fetched {len(outcome.result.papers)} papers, {outcome.stats.new} new"
 
-    senders = make_senders(obj.settings)
+    people = _subscribers_for_run(obj)
+    senders = make_senders(obj.settings, people)
     try:
         report = run_once(
             store,
             obj.settings,
-            _subscribers_for_run(obj),
+            people,
             fetch=fetch,
             senders=senders,
             dry_run=dry_run,
             backfill_days=backfill,
+            subscription_errors=obj.subscriptions.errors if Path(obj.subscriptions_dir).is_dir() else (),
         )
     finally:
         for sender in senders.values():
             sender.close()
     click.echo(report.fetched)
-    for plan, rendered in report.planned:
+    for made in report.planned:
         verb = "would send" if dry_run else "made"
-        click.echo(f"{verb} {plan.subscriber.id}/{plan.channel.name} {plan.period.key}: {rendered.subject}")
+        plan = made.plan
+        click.echo(f"{verb} {plan.subscriber.id}/{plan.channel.name} {plan.period.key}: {made.subject}")
     for skip in report.skipped:
         click.echo(f"nothing for {skip.subscriber_id}/{skip.channel}: {skip.reason}")
     for outcome in report.outcomes:

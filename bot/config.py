@@ -81,6 +81,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("poll.interval_minutes", int, 30, "minutes between polls in `paperbot run`", check=_positive),
     Setting("poll.refresh_days", int, 3, "recent days re-read each poll so counts move", check=_not_negative),
     Setting(
+        "poll.jitter_seconds",
+        int,
+        120,
+        "a random delay of up to this many seconds per poll",
+        check=_not_negative,
+    ),
+    Setting("poll.max_searches", int, 10, "Hugging Face searches per poll for `search = true` watches"),
+    Setting(
+        "schedule.grace_hours",
+        float,
+        24.0,
+        "a digest missed while paperbot was down is still sent this many hours late",
+        check=_not_negative,
+    ),
+    Setting("alerts.email", str, None, "where operator alerts go (none: only the log)", check=_address),
+    Setting(
+        "alerts.after_errors", int, 3, "failed polls in a row before the operator is alerted", check=_positive
+    ),
+    Setting(
         "mail.transport",
         str,
         "outbox",
@@ -117,6 +136,15 @@ SETTINGS: tuple[Setting, ...] = (
         secret=True,
     ),
     Setting(
+        "webhook.allow_private",
+        bool,
+        False,
+        "let Slack and webhook URLs point at private, loopback or link-local addresses",
+    ),
+    Setting(
+        "webhook.timeout", float, 10.0, "seconds before a Slack or webhook POST times out", check=_positive
+    ),
+    Setting(
         "delivery.max_attempts",
         int,
         8,
@@ -129,6 +157,13 @@ SETTINGS: tuple[Setting, ...] = (
         5.0,
         "minutes before the first retry of a failed send; doubles each time",
         check=_not_negative,
+    ),
+    Setting(
+        "delivery.lease_seconds",
+        float,
+        300.0,
+        "how long a process holds a message it is sending before another may take it over",
+        check=_positive,
     ),
     Setting(
         "delivery.suppress_after",
@@ -166,6 +201,15 @@ class Settings(Mapping):
 
 def _coerce(setting: Setting, value: object, where: str) -> object:
     kind = setting.kind
+    if kind is bool:
+        text = str(value).strip().lower()
+        if isinstance(value, bool):
+            return value
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise SettingsError(f"{where}: {setting.key} = {value!r} is not valid: write true or false")
     try:
         if isinstance(value, str) and kind is not str:
             value = kind(value.strip())

@@ -14,8 +14,11 @@ only place a duplicate can come from (see the README).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -24,7 +27,7 @@ from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from bot.channels import Sender
-from bot.errors import BotError, DeliveryError, PermanentError
+from bot.errors import BotError, ChannelGone, DeliveryError, PermanentError
 from bot.match import Match, WatchIndex, match_papers
 from bot.models import Channel, Subscriber
 from bot.schedule import Period, due_period
@@ -43,6 +46,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
 
 @dataclass(frozen=True, slots=True)
 class DigestPlan:
@@ -59,11 +64,15 @@ class DigestPlan:
 
 @dataclass(frozen=True, slots=True)
 class Skip:
-    """A subscriber's channel with nothing to send this run, and why (for the log)."""
+    """A subscriber's channel with nothing to send this run, and why (for the log).
+
+    With `closes`, the period came and had nothing to send: the run records it as skipped,
+    so it is not sent later, at some odd hour, when papers arrive (they wait for the next)."""
 
     subscriber_id: str
     channel: str
     reason: str
+    closes: DigestPlan | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +105,14 @@ def rank_matches(matches: Iterable[Match]) -> list[Match]:
     return sorted(matches, key=lambda m: (-m.score, -(m.paper.upvotes or 0), m.paper.id))
 
 
-def _routed(match: Match, subscriber: Subscriber, channel: Channel) -> Match | None:
-    """The match as this channel's digest sees it: only the watches routed to it."""
+def _routed(match: Match, subscriber: Subscriber, channel: Channel, instant: bool = False) -> Match | None:
+    """The match as this channel's digest (or instant alert) sees it: only the watches routed to it."""
     watches = {w.name: w for w in subscriber.watches}
+    mode = "instant" if instant else "digest"
     kept = tuple(
         name
         for name in match.watches
-        if watches[name].delivery == "digest"
+        if watches[name].delivery == mode
         and (not watches[name].channels or channel.name in watches[name].channels)
     )
     if not kept:
@@ -121,6 +131,8 @@ def plan_digests(
     backfill_days: int = 1,
     preview: bool = False,
     since: datetime | None = None,
+    instant: bool = False,
+    grace: timedelta | None = None,
 ) -> tuple[list[DigestPlan], list[Skip]]:
     """The digests due at `now`, read from the store; nothing is written.
 
@@ -128,7 +140,10 @@ def plan_digests(
     channel. The first one covers only the latest stored day (`backfill_days` for more), so
     a new subscriber or a freshly imported history is not a flood. With `preview`, a digest
     is planned even when this period's is already made or the schedule sends none; `since`
-    overrides where the window starts.
+    overrides where the window starts. With `instant`, the alerts of the `instant` watches
+    are planned instead: due at every run, covering what came since the last alert. With
+    `grace`, a period that fired longer ago than that is left out (paperbot was down); its
+    papers go in the next digest, so nothing is lost.
     """
     kinds = set(kinds)
     latest = store.latest_day()
@@ -139,11 +154,32 @@ def plan_digests(
             skips.append(Skip(subscriber.id, "*", "paused"))
             continue
         period = due_period(subscriber.schedule, subscriber.timezone, now)
+        if instant:
+            if not any(w.delivery == "instant" for w in subscriber.watches):
+                continue
+            local = now.astimezone(ZoneInfo(subscriber.timezone))
+            period = Period(
+                f"instant {now:%Y-%m-%dT%H:%M:%SZ}", f"{local:%a} {local.day} {local:%b %Y %H:%M}", local
+            )
         if preview:
             local = now.astimezone(ZoneInfo(subscriber.timezone))
             period = Period("preview", f"{local:%a} {local.day} {local:%b %Y}", local)
         for channel in subscriber.channels:
             if channel.kind not in kinds:
+                continue
+            unset = [
+                name
+                for name in _ENV_REF.findall(f"{channel.target} {channel.secret or ''}")
+                if not os.environ.get(name)
+            ]
+            if unset:  # not set up on this machine (e.g. the example's Slack): say so, send the rest
+                skips.append(
+                    Skip(
+                        subscriber.id,
+                        channel.name,
+                        f"{', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set in the environment",
+                    )
+                )
                 continue
             reason = store.suppression(subscriber.id, channel.name)
             if reason:
@@ -152,13 +188,23 @@ def plan_digests(
             if period is None:
                 skips.append(Skip(subscriber.id, channel.name, "no digest schedule"))
                 continue
+            if grace is not None and not instant and not preview and now - period.fired_at > grace:
+                late = f"{(now - period.fired_at).total_seconds() / 3600:.0f} h"
+                skips.append(
+                    Skip(
+                        subscriber.id,
+                        channel.name,
+                        f"the {period.key} digest is {late} late, past the grace window",
+                    )
+                )
+                continue
             made = None if preview else store.find_delivery(subscriber.id, channel.name, period.key)
             if made is not None:  # send_due takes care of it if it is not sent yet
                 skips.append(
                     Skip(subscriber.id, channel.name, f"the {period.key} digest is {made.state} already")
                 )
                 continue
-            start = since or store.last_window_end(subscriber.id, channel.name)
+            start = since or store.last_window_end(subscriber.id, channel.name, instant=instant)
             if start is None:
                 if latest is None:
                     skips.append(Skip(subscriber.id, channel.name, "no papers stored yet"))
@@ -178,22 +224,23 @@ def plan_digests(
         for match in match_papers(window.papers, WatchIndex(people), window.upvotes_before, window.risers):
             found.setdefault(match.subscriber_id, []).append(match)
         for subscriber, channel, period in group:
+            empty = DigestPlan(subscriber, channel, period, start, now, (), len(window.papers))
+            closes = None if (instant or preview) else empty
             if not window.papers and not window.risers:
-                skips.append(
-                    Skip(
-                        subscriber.id,
-                        channel.name,
-                        f"no new papers upstream since {start:%Y-%m-%d %H:%M} UTC",
-                    )
-                )
+                quiet = f"no new papers upstream since {start:%Y-%m-%d %H:%M} UTC"
+                skips.append(Skip(subscriber.id, channel.name, quiet, closes))
                 continue
-            routed = [m for m in (_routed(m, subscriber, channel) for m in found.get(subscriber.id, [])) if m]
+            routed = [
+                m
+                for m in (_routed(m, subscriber, channel, instant) for m in found.get(subscriber.id, []))
+                if m
+            ]
             # A preview shows what the watches find, sent before or not.
             ids = [m.paper.id for m in routed]
             already = set() if preview else store.delivered_papers(subscriber.id, channel.name, ids)
             fresh = rank_matches(m for m in routed if m.paper.id not in already)
-            if not fresh and not subscriber.send_empty:
-                skips.append(Skip(subscriber.id, channel.name, "nothing new matched"))
+            if not fresh and (instant or not subscriber.send_empty):
+                skips.append(Skip(subscriber.id, channel.name, "nothing new matched", closes))
                 continue
             plans.append(
                 DigestPlan(subscriber, channel, period, start, now, tuple(fresh), len(window.papers))
@@ -228,6 +275,23 @@ def reserve_digest(store: Store, plan: DigestPlan, compose: Compose, now: dateti
     message, message_id, subject = compose(plan, shown, total)
     store.attach_message(delivery.id, message=message, message_id=message_id, subject=subject)
     return store.get_delivery(delivery.id)
+
+
+def close_period(store: Store, skip: Skip, now: datetime) -> None:
+    """Record a period that had nothing to send as skipped (see `Skip`)."""
+    plan = skip.closes
+    delivery = store.reserve_delivery(
+        subscriber_id=plan.subscriber.id,
+        channel=plan.channel.name,
+        kind=plan.channel.kind,
+        period=plan.period.key,
+        recipient=plan.channel.target,
+        paper_ids=[],
+        window_start=plan.window_start,
+        window_end=plan.window_end,
+        now=now,
+    )
+    store.mark_skipped(delivery.id, skip.reason)
 
 
 def finish_interrupted(
@@ -267,6 +331,24 @@ def finish_interrupted(
     return finished
 
 
+MULTIPART = b"paperbot-parts\n"  # a stored message of several parts: this line, then a JSON list
+
+
+def join_parts(parts: list[bytes]) -> bytes:
+    """Store several messages (e.g. numbered Slack messages) as one ledger message."""
+    if len(parts) == 1:
+        return parts[0]
+    return MULTIPART + json.dumps([part.decode("utf-8") for part in parts]).encode("utf-8")
+
+
+def message_parts(delivery: Delivery) -> list[bytes]:
+    """The messages a ledger row holds, in order."""
+    message = delivery.message or b""
+    if message.startswith(MULTIPART):
+        return [part.encode("utf-8") for part in json.loads(message[len(MULTIPART) :])]
+    return [message]
+
+
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -276,11 +358,15 @@ def send_due(
     senders: Mapping[str, Sender],
     now: Callable[[], datetime],
     policy: RetryPolicy = RetryPolicy(),
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> list[Outcome]:
-    """Send every delivery whose time has come. One failure never holds up the others."""
+    """Send every delivery whose time has come. One failure never holds up the others.
+    `should_stop` is asked between messages (a SIGTERM finishes the one in flight)."""
     owner = _owner()
     outcomes: list[Outcome] = []
     for delivery in store.deliveries_to_send(now()):
+        if should_stop():
+            break
         sender = senders.get(delivery.kind)
         if sender is None:
             continue  # a kind this run does not send (e.g. webhooks while only email is set up)
@@ -294,7 +380,13 @@ def send_due(
             continue
         attempts = delivery.attempts + 1
         try:
-            sender.send(delivery)
+            # A message in several parts (a long Slack digest) records each part as it goes,
+            # so a failure after part 1 never sends part 1 again.
+            parts = message_parts(delivery)
+            for number in range(delivery.parts_sent, len(parts)):
+                sender.send(dataclasses.replace(delivery, message=parts[number]))
+                if len(parts) > 1:
+                    store.mark_part_sent(delivery.id, number + 1)
         except DeliveryError as error:
             outcomes.append(_record_failure(store, delivery, error, attempts, now(), policy))
             continue
@@ -342,6 +434,11 @@ def _record_failure(
         return Outcome(delivery, "retry", str(error))
     failures = store.mark_failed(delivery.id, str(error))
     log.error("%s digest %s to %s failed: %s", delivery.kind, delivery.period, delivery.subscriber_id, error)
+    if isinstance(error, ChannelGone):
+        reason = f"the channel is gone: {error}"
+        store.suppress(delivery.subscriber_id, delivery.channel, delivery.recipient, reason, now)
+        log.error("disabled %s's %s channel: %s", delivery.subscriber_id, delivery.channel, reason)
+        return Outcome(delivery, "failed", f"{error}; channel disabled")
     if failures >= policy.suppress_after:
         reason = f"{failures} permanent failures in a row, the last: {error}"
         store.suppress(delivery.subscriber_id, delivery.channel, delivery.recipient, reason, now)

@@ -6,6 +6,7 @@ run_once: poll (or read the bundled capture) ─> plan digests ─> reserve + re
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -13,8 +14,10 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from email.utils import parseaddr
 from importlib import resources
 
+from bot.alerts import check_alerts
 from bot.captures import read_capture
 from bot.channels import Sender
 from bot.config import Settings
@@ -23,18 +26,20 @@ from bot.deliver import (
     Outcome,
     RetryPolicy,
     Skip,
+    close_period,
     finish_interrupted,
+    join_parts,
     plan_digests,
     reserve_digest,
     send_due,
 )
-from bot.errors import BotError, SettingsError, SourceError
+from bot.errors import BotError, PermanentError, SettingsError, SourceError, TransientError
 from bot.fetch import Listing, fetch_listing, fetch_with_fallback
 from bot.match import Match, WatchIndex, match_papers
-from bot.message import MessageSettings, compose_email, digest_links, email_bytes
+from bot.message import MessageSettings, compose_email, digest_links, email_bytes, message_id
 from bot.models import Digest, FetchResult, Subscriber
 from bot.render import RenderedDigest, render_digest
-from bot.store import SaveStats, Store
+from bot.store import Delivery, SaveStats, Store
 from bot.transport import HttpClient
 
 __all__ = [
@@ -46,10 +51,12 @@ __all__ = [
     "render_plan",
     "retry_policy",
     "run_once",
+    "search_text",
     "backtest",
     "bundled_capture",
     "import_files",
     "make_client",
+    "make_senders",
     "match_days",
     "poll",
 ]
@@ -231,16 +238,90 @@ def retry_policy(settings: Settings) -> RetryPolicy:
         max_attempts=settings["delivery.max_attempts"],
         first_wait=timedelta(minutes=settings["delivery.retry_minutes"]),
         suppress_after=settings["delivery.suppress_after"],
+        lease=timedelta(seconds=settings["delivery.lease_seconds"]),
     )
 
 
-def render_plan(
-    plan: DigestPlan, shown: tuple, total: int, mail: MessageSettings
-) -> tuple[Digest, RenderedDigest, bytes]:
-    """A planned digest as the subscriber will read it, and the bytes of its email."""
+def search_text(node) -> str:
+    """What to ask Hugging Face's search for a watch's query: its wanted words and phrases in
+    the paper's text (not names, not excluded words), once each."""
+    from bot.query import And, Or, Phrase, Term
+
+    words: list[str] = []
+
+    def walk(item) -> None:
+        if isinstance(item, Term) and item.field in (None, "title", "abstract", "keyword"):
+            words.append(item.word)
+        elif isinstance(item, Phrase) and item.field in (None, "title", "abstract", "keyword"):
+            words.extend(item.words)
+        elif isinstance(item, And | Or):
+            for child in item.children:
+                walk(child)
+
+    if node is not None:
+        walk(node)
+    return " ".join(dict.fromkeys(words))
+
+
+def resolve_channels(subscribers: list[Subscriber]) -> Callable[[Delivery], tuple[str, str | None]]:
+    """For a ledger row, its channel's URL (or address) and signing secret, from the environment.
+
+    Secrets are never stored: the ledger keeps the `${VAR}` reference, expanded only here."""
+    channels = {(s.id, c.name): c for s in subscribers for c in s.channels}
+
+    def target(delivery: Delivery) -> tuple[str, str | None]:
+        channel = channels.get((delivery.subscriber_id, delivery.channel))
+        if channel is None:
+            raise PermanentError(f"{delivery.subscriber_id} has no channel {delivery.channel!r} any more")
+        try:
+            secret = expand_target(channel.secret) if channel.secret else None
+            return expand_target(channel.target), secret
+        except SettingsError as error:  # the operator can fix it: keep the message, try later
+            raise TransientError(str(error)) from None
+
+    return target
+
+
+def make_senders(settings: Settings, subscribers: list[Subscriber]) -> dict[str, Sender]:
+    """A sender for every kind of channel: email (the outbox or SMTP), Slack and webhooks."""
+    from bot.channels.email import OutboxSender, SmtpSender
+    from bot.channels.slack import SlackSender
+    from bot.channels.webhook import WebhookSender
+
+    if settings["mail.transport"] == "smtp":
+        email: Sender = SmtpSender(
+            host=settings["smtp.host"],
+            port=settings["smtp.port"],
+            sender=parseaddr(settings["mail.from"])[1],
+            security=settings["smtp.security"],
+            username=settings["smtp.username"],
+            password=settings["smtp.password"],
+            timeout=settings["smtp.timeout"],
+            rate=settings["smtp.rate"],
+        )
+    else:
+        email = OutboxSender(settings["mail.outbox"])
+    target = resolve_channels(subscribers)
+    timeout = settings["webhook.timeout"]
+    senders: dict[str, Sender] = {}
+    if any(c.kind == "apprise" for s in subscribers for c in s.channels):
+        from bot.channels.apprise import AppriseSender
+
+        senders["apprise"] = AppriseSender(lambda d: target(d)[0])
+    return senders | {
+        "email": email,
+        "slack": SlackSender(
+            lambda d: target(d)[0], timeout=timeout, allow_private=settings["webhook.allow_private"]
+        ),
+        "webhook": WebhookSender(target, allow_private=settings["webhook.allow_private"], timeout=timeout),
+    }
+
+
+def make_digest(plan: DigestPlan, shown: tuple, total: int, mail: MessageSettings) -> Digest:
+    """A planned digest with its signed links, ready to render for any channel."""
     generated = plan.window_end
     links = digest_links(mail, plan.subscriber.id, plan.period.key, now=generated)
-    digest = Digest(
+    return Digest(
         subscriber=plan.subscriber,
         channel=plan.channel.name,
         period=plan.period.key,
@@ -252,9 +333,55 @@ def render_plan(
         unsubscribe_url=links.unsubscribe_url,
         manage_url=links.manage_url,
     )
+
+
+def render_plan(
+    plan: DigestPlan, shown: tuple, total: int, mail: MessageSettings
+) -> tuple[Digest, RenderedDigest, bytes]:
+    """A planned digest as the subscriber will read it, and the bytes of its email."""
+    digest = make_digest(plan, shown, total, mail)
     rendered = render_digest(digest)
     message = compose_email(digest, rendered, mail, to=expand_target(plan.channel.target))
     return digest, rendered, email_bytes(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Made:
+    """A digest made (or, in a dry run, that would be): what the run reports about it."""
+
+    plan: DigestPlan
+    subject: str
+    shown: int  # papers in it
+
+
+def render_message(
+    plan: DigestPlan, shown: tuple, total: int, mail: MessageSettings
+) -> tuple[bytes, str, Made]:
+    """The bytes the ledger stores for a planned digest on its channel's kind, its id, and a
+    summary: an email; numbered Slack messages; a signed webhook's JSON body."""
+    if plan.channel.kind == "email":
+        _, rendered, data = render_plan(plan, shown, total, mail)
+        return data, _message_id(data), Made(plan, rendered.subject, rendered.shown)
+    from bot import chat  # Slack and webhook formats
+
+    digest = make_digest(plan, shown, total, mail)
+    identity = message_id(digest.identity, mail.domain)
+    if plan.channel.kind == "slack":
+        parts = [
+            json.dumps(m.payload, ensure_ascii=False).encode("utf-8") for m in chat.slack_messages(digest)
+        ]
+        data = join_parts(parts)
+    elif plan.channel.kind == "apprise":
+        rendered = render_digest(digest)
+        return rendered.text.encode("utf-8"), identity, Made(plan, rendered.subject, rendered.shown)
+    elif plan.channel.kind == "webhook":
+        data = json.dumps(chat.webhook_payload(digest), ensure_ascii=False).encode("utf-8")
+        identity = "msg_" + identity[1:].split("@", 1)[0].replace("paperbot.", "")
+    else:
+        raise SettingsError(f"{plan.channel.kind} channels are not supported by this paperbot")
+    count = len(shown)
+    summary = f"{count} paper{'' if count == 1 else 's'} · {plan.period.label}"
+    return data, identity, Made(plan, summary, count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +389,7 @@ class RunReport:
     """What one run did: the poll, the digests made (or that would be, in a dry run), the sends."""
 
     fetched: str  # one line about the poll
-    planned: tuple[tuple[DigestPlan, RenderedDigest], ...]
+    planned: tuple[Made, ...]
     skipped: tuple[Skip, ...]
     outcomes: tuple[Outcome, ...]
     errors: tuple[str, ...]  # subscribers whose digest could not be made, and why
@@ -279,6 +406,8 @@ def run_once(
     clock: Callable[[], datetime] = _now,
     dry_run: bool = False,
     backfill_days: int = 1,
+    should_stop: Callable[[], bool] = lambda: False,
+    subscription_errors: tuple = (),
 ) -> RunReport:
     """Fetch, match, render and deliver every digest that is due, once.
 
@@ -295,13 +424,19 @@ def run_once(
     planned, errors = [], []
     skipped: list[Skip] = []
     if source_error is None:
+        grace = timedelta(hours=settings["schedule.grace_hours"])
         plans, skipped = plan_digests(
-            store, subscribers, clock(), kinds=senders.keys(), backfill_days=backfill_days
+            store, subscribers, clock(), kinds=senders.keys(), backfill_days=backfill_days, grace=grace
         )
         for skip in skipped:
             log.info("%s/%s: nothing to send: %s", skip.subscriber_id, skip.channel, skip.reason)
+            if skip.closes is not None and not dry_run:
+                close_period(store, skip, clock())
+        # Instant alerts: the instant watches' matches since the last alert, right after the poll.
+        instants, _ = plan_digests(store, subscribers, clock(), kinds=senders.keys(), instant=True)
+        plans += instants
         for plan in plans:
-            made: list[RenderedDigest] = []
+            made: list[Made] = []
             compose = _composer(mail, made)
             try:
                 if dry_run:
@@ -314,12 +449,13 @@ def run_once(
                 log.error("cannot make the digest of %s/%s: %s", plan.subscriber.id, plan.channel.name, error)
                 continue
             if made:
-                planned.append((plan, made[-1]))
+                planned.append(made[-1])
     if dry_run:
         return RunReport(fetched, tuple(planned), tuple(skipped), (), tuple(errors), source_error)
 
+    check_alerts(store, settings, subscription_errors, clock())
     finish_interrupted(store, subscribers, _composer(mail, []), clock())
-    outcomes = send_due(store, senders, clock, retry_policy(settings))
+    outcomes = send_due(store, senders, clock, retry_policy(settings), should_stop)
     return RunReport(fetched, tuple(planned), tuple(skipped), tuple(outcomes), tuple(errors), source_error)
 
 
@@ -351,13 +487,13 @@ def preview_digest(
     return rendered.html, rendered.text, rendered.subject
 
 
-def _composer(mail: MessageSettings, made: list[RenderedDigest]):
-    """A Compose function for the ledger that also keeps what it rendered (for the report)."""
+def _composer(mail: MessageSettings, made: list[Made]):
+    """A Compose function for the ledger that also keeps what it made (for the report)."""
 
     def compose(plan: DigestPlan, shown: tuple, total: int) -> tuple[bytes, str, str]:
-        _, rendered, data = render_plan(plan, shown, total, mail)
-        made.append(rendered)
-        return data, _message_id(data), rendered.subject
+        data, identity, summary = render_message(plan, shown, total, mail)
+        made.append(summary)
+        return data, identity, summary.subject
 
     return compose
 

@@ -12,9 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
-__all__ = ["Period", "Schedule", "due_period", "next_run", "parse_schedule", "trigger_for"]
+__all__ = ["Period", "Schedule", "Scheduler", "due_period", "next_run", "parse_schedule", "trigger_for"]
 
 _DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _DAILY = re.compile(r"^daily(?:\s+at)?\s+(\d{1,2}):(\d{2})$", re.I)
@@ -136,3 +140,50 @@ def due_period(schedule: Schedule, zone: str, now: datetime) -> Period | None:
     else:
         key = local.strftime("%Y-%m-%dT%H:%M")
     return Period(key, f"{local:%a} {local.day} {local:%b %Y}", local)
+
+
+class Scheduler:
+    """APScheduler (3.x) wiring: named jobs on one worker thread, so passes never overlap.
+
+    Jobs live in memory: what was missed while paperbot was down is the ledger's business
+    (see bot.deliver: a due period not yet in the ledger is made on the next pass).
+    """
+
+    def __init__(self):
+        self._scheduler = BackgroundScheduler(
+            timezone=ZoneInfo("UTC"),
+            executors={"default": ThreadPoolExecutor(1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
+        )
+
+    def add_interval(self, name: str, *, minutes: float, jitter: int, func, args: tuple) -> None:
+        """Run `func(*args)` every `minutes`, each time up to `jitter` seconds late."""
+        trigger = IntervalTrigger(minutes=minutes, jitter=jitter or None, timezone=ZoneInfo("UTC"))
+        self._scheduler.add_job(func, trigger, args=args, id=name, name=name, replace_existing=True)
+
+    def add_schedule(self, name: str, schedule: Schedule, zone: str, func, args: tuple) -> None:
+        """Run `func(*args)` when `schedule` fires in time zone `zone` (daylight saving included)."""
+        self._scheduler.add_job(
+            func, trigger_for(schedule, zone), args=args, id=name, name=name, replace_existing=True
+        )
+
+    def remove(self, name: str) -> None:
+        try:
+            self._scheduler.remove_job(name)
+        except JobLookupError:
+            pass
+
+    def job_names(self, prefix: str = "") -> list[str]:
+        return [job.id for job in self._scheduler.get_jobs() if job.id.startswith(prefix)]
+
+    def next_run(self, name: str) -> datetime | None:
+        job = self._scheduler.get_job(name)
+        return getattr(job, "next_run_time", None) if job else None
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    def shutdown(self) -> None:
+        """Stop; wait for the job that is running (it stops after its message in flight)."""
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)

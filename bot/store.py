@@ -269,7 +269,7 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
             "kind": str,  # email, slack, webhook, apprise
             "period": str,  # the digest's period, e.g. "2026-06-12 08:00", or "instant ..."
             "recipient": str,  # an address, never a secret URL
-            "state": str,  # new, pending, sending, sent, failed
+            "state": str,  # new, pending, sending, sent, failed, skipped (nothing to send)
             "attempts": int,
             "next_attempt_at": str,
             "claimed_by": str,
@@ -308,7 +308,25 @@ def _migrate_3(db: sqlite_utils.Database) -> None:
     db["deliveries"].add_column("parts_sent", int, not_null_default=0)
 
 
-MIGRATIONS = [_migrate_1, _migrate_2, _migrate_3]
+def _migrate_4(db: sqlite_utils.Database) -> None:
+    """The daemon's jobs (last and next run) and the operator's alerts (open and resolved)."""
+    db["jobs"].create(
+        {
+            "name": str,
+            "last_started_at": str,
+            "last_finished_at": str,
+            "last_status": str,
+            "next_run_at": str,
+        },
+        pk="name",
+    )
+    db["alerts"].create(
+        {"key": str, "message": str, "opened_at": str, "resolved_at": str},
+        pk="key",
+    )
+
+
+MIGRATIONS = [_migrate_1, _migrate_2, _migrate_3, _migrate_4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _PAPER_COLUMNS = (
@@ -695,6 +713,14 @@ class Store:
                 [message, message_id, subject, delivery_id],
             )
 
+    def mark_skipped(self, delivery_id: int, reason: str) -> None:
+        """A period with nothing to send: recorded, so it is not made again."""
+        with self._immediate() as conn:
+            conn.execute(
+                "update deliveries set state = 'skipped', last_error = ? where id = ? and state = 'new'",
+                [reason, delivery_id],
+            )
+
     def deliveries_to_render(self) -> list[Delivery]:
         """Digests whose papers are reserved but whose message was never stored (a crash)."""
         return [self._delivery(r) for r in self.db.query("select * from deliveries where state = 'new'")]
@@ -828,6 +854,62 @@ class Store:
             " or state = 'sending' order by id desc limit 50"
         )
         return [self._delivery(row) for row in rows]
+
+    # -- the daemon's jobs and the operator's alerts ---------------------------------------
+
+    def record_job(
+        self,
+        name: str,
+        *,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        status: str | None = None,
+        next_run_at: datetime | None = None,
+    ) -> None:
+        """Note a job's run (for `paperbot status`): what is given is updated."""
+        values = {
+            "last_started_at": started_at and format_time(started_at),
+            "last_finished_at": finished_at and format_time(finished_at),
+            "last_status": status,
+            "next_run_at": next_run_at and format_time(next_run_at),
+        }
+        values = {k: v for k, v in values.items() if v is not None}
+        with self._immediate() as conn:
+            conn.execute("insert or ignore into jobs (name) values (?)", [name])
+            if values:
+                assignments = ", ".join(f"{k} = ?" for k in values)
+                conn.execute(f"update jobs set {assignments} where name = ?", [*values.values(), name])
+
+    def jobs(self) -> list[dict]:
+        """Every job the daemon ran or planned, by name."""
+        return list(self.db.query("select * from jobs order by name"))
+
+    def open_alert(self, key: str, message: str, now: datetime) -> bool:
+        """Open an alert unless it is open already. True when it is new (so: tell the operator)."""
+        with self._immediate() as conn:
+            row = conn.execute("select resolved_at from alerts where key = ?", [key]).fetchone()
+            if row is not None and row[0] is None:
+                return False
+            conn.execute(
+                "insert or replace into alerts (key, message, opened_at, resolved_at) values (?, ?, ?, null)",
+                [key, message, format_time(now)],
+            )
+            return True
+
+    def resolve_alert(self, key: str, now: datetime) -> str | None:
+        """Close an open alert; its message when it was open (so: tell the operator), else None."""
+        with self._immediate() as conn:
+            row = conn.execute(
+                "select message from alerts where key = ? and resolved_at is null", [key]
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("update alerts set resolved_at = ? where key = ?", [format_time(now), key])
+            return row[0]
+
+    def open_alerts(self) -> list[dict]:
+        """Alerts not resolved yet, oldest first."""
+        return list(self.db.query("select * from alerts where resolved_at is null order by opened_at"))
 
     def get_meta(self, key: str) -> str | None:
         """A value paperbot keeps for itself (e.g. a generated signing key)."""
