@@ -453,9 +453,11 @@ def run_once(
     if dry_run:
         return RunReport(fetched, tuple(planned), tuple(skipped), (), tuple(errors), source_error)
 
-    check_alerts(store, settings, subscription_errors, clock())
     finish_interrupted(store, subscribers, _composer(mail, []), clock())
     outcomes = send_due(store, senders, clock, retry_policy(settings), should_stop)
+    # After sending, so a channel disabled just now is told now; the alert mails go at once.
+    if check_alerts(store, settings, subscription_errors, clock()):
+        outcomes += send_due(store, senders, clock, retry_policy(settings), should_stop)
     return RunReport(fetched, tuple(planned), tuple(skipped), tuple(outcomes), tuple(errors), source_error)
 
 
