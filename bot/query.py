@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -54,6 +54,7 @@ NAME_FIELDS = frozenset({"author", "org"})  # names: no plural folding
 MIN_PREFIX = 3
 _OPERATORS = {"OR": "or", "AND": "and", "NOT": "not"}
 _SEPARATOR = "; "  # between the items of a list field (authors, keywords) in its text
+_FIELD_ORDER = {field: number for number, field in enumerate(FIELDS)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,17 +478,20 @@ def _match_phrase(node: Phrase, text: PaperText) -> list[Hit]:
     return hits
 
 
-def _match(node: Node, text: PaperText) -> list[Hit] | None:
-    if isinstance(node, Term):
-        return _match_term(node, text) or None
-    if isinstance(node, Phrase):
-        return _match_phrase(node, text) or None
+def _match_leaf(node: Term | Phrase, text: PaperText) -> list[Hit] | None:
+    hits = _match_term(node, text) if isinstance(node, Term) else _match_phrase(node, text)
+    return hits or None
+
+
+def _match(node: Node, leaf_hits: Callable[[Term | Phrase], list[Hit] | None]) -> list[Hit] | None:
+    if isinstance(node, Term | Phrase):
+        return leaf_hits(node)
     if isinstance(node, Not):
-        return None if _match(node.child, text) is not None else []
+        return None if _match(node.child, leaf_hits) is not None else []
     if isinstance(node, And):
         hits = []
         for child in node.children:
-            found = _match(child, text)
+            found = _match(child, leaf_hits)
             if found is None:
                 return None
             hits.extend(found)
@@ -496,7 +500,7 @@ def _match(node: Node, text: PaperText) -> list[Hit] | None:
         matched = False
         hits = []
         for child in node.children:
-            found = _match(child, text)
+            found = _match(child, leaf_hits)
             if found is not None:
                 matched = True
                 hits.extend(found)
@@ -504,12 +508,18 @@ def _match(node: Node, text: PaperText) -> list[Hit] | None:
     raise TypeError(f"not a query node: {node!r}")
 
 
+def _hit_order(hit: Hit) -> tuple[int, int, int, str]:
+    return (_FIELD_ORDER[hit.field], hit.start, hit.end, hit.term)
+
+
+def _sorted_hits(hits: list[Hit]) -> tuple[Hit, ...]:
+    return tuple(sorted(set(hits), key=_hit_order))
+
+
 def match_query(node: Node, text: PaperText) -> tuple[Hit, ...] | None:
     """None if the query does not match; else the words that made it match (() for a pure negation)."""
-    hits = _match(node, text)
-    if hits is None:
-        return None
-    return tuple(sorted(set(hits), key=lambda hit: (FIELDS.index(hit.field), hit.start, hit.end, hit.term)))
+    hits = _match(node, lambda leaf: _match_leaf(leaf, text))
+    return None if hits is None else _sorted_hits(hits)
 
 
 # -- anchors ---------------------------------------------------------------------------------
@@ -544,3 +554,271 @@ def anchor_terms(node: Node) -> frozenset[str] | None:
             union |= found
         return frozenset(union)
     raise TypeError(f"not a query node: {node!r}")
+
+
+# -- many queries at once --------------------------------------------------------------------
+
+Leaf = Term | Phrase
+
+
+def _leaves(node: Node) -> Iterator[Leaf]:
+    if isinstance(node, Term | Phrase):
+        yield node
+    elif isinstance(node, Not):
+        yield from _leaves(node.child)
+    else:
+        for child in node.children:
+            yield from _leaves(child)
+
+
+def _commonness(leaf: Leaf) -> float:
+    # A guess at how often a leaf is found, to anchor an AND on its rarest part: names are
+    # rarer than phrases, phrases than words, words than prefixes; longer ones rarer still.
+    if isinstance(leaf, Phrase):
+        kind, length = 1, sum(map(len, leaf.words))
+    else:
+        kind, length = (3 if leaf.prefix else 2), len(leaf.word)
+    if leaf.field in NAME_FIELDS:
+        kind = 0
+    return kind + 1 / (1 + length)
+
+
+def _anchor_leaves(node: Node) -> frozenset[Leaf] | None:
+    """Leaves one of which is found in every paper the query matches, or None (a pure negation)."""
+    if isinstance(node, Term | Phrase):
+        return frozenset({node})
+    if isinstance(node, Not):
+        return None
+    if isinstance(node, And):
+        options = [found for child in node.children if (found := _anchor_leaves(child)) is not None]
+        return min(options, key=lambda leaves: sum(map(_commonness, leaves))) if options else None
+    if isinstance(node, Or):
+        union: set[Leaf] = set()
+        for child in node.children:
+            found = _anchor_leaves(child)
+            if found is None:
+                return None
+            union |= found
+        return frozenset(union)
+    raise TypeError(f"not a query node: {node!r}")
+
+
+# A query compiled for QueryIndex: a leaf by its number, or (kind, parts) for "and", "or", "not".
+_Compiled = int | tuple[str, tuple]
+
+
+class QueryIndex:
+    """Many stored queries, matched against one paper at a time (the percolator trick).
+
+    The words, prefixes and phrases of every query (its leaves) are filed under what a paper
+    must hold for them to be found: a word, a prefix, the first two words of a phrase, each
+    in the fields it is looked for in. A paper's own words find the leaves it contains; those
+    leaves, the queries that are one of them alone and the larger queries anchored on them
+    (see `_anchor_leaves`); only those, and pure negations, are evaluated, and each leaf is
+    matched once however many queries share it. `match` gives what `match_query` gives.
+    """
+
+    def __init__(self, queries: Iterable[Node]):
+        self.queries: tuple[Node, ...] = tuple(queries)
+        numbers: dict[Leaf, int] = {}
+        for query in self.queries:
+            for leaf in _leaves(query):
+                numbers.setdefault(leaf, len(numbers))
+        self._leaves = tuple(numbers)
+        alone: list[list[int]] = [[] for _ in self._leaves]  # leaf -> the queries that are just it
+        anchored: list[list[int]] = [[] for _ in self._leaves]  # leaf -> larger queries anchored on it
+        self._unanchored: list[int] = []
+        self._larger: dict[int, _Larger] = {}
+        for number, query in enumerate(self.queries):
+            if isinstance(query, Term | Phrase):
+                alone[numbers[query]].append(number)
+                continue
+            self._larger[number] = _Larger.of(query, numbers)
+            anchors = _anchor_leaves(query)
+            if anchors is None:
+                self._unanchored.append(number)
+            for leaf in anchors or ():
+                anchored[numbers[leaf]].append(number)
+        self._alone = tuple(tuple(found) for found in alone)
+        self._anchored = tuple(tuple(found) for found in anchored)
+        # Per field, the leaves looked for in it: by word, by prefix, by the first two or three
+        # words of a phrase. Found so, a leaf is in the paper, but for a phrase of four words
+        # or more, which is checked.
+        self._words: dict[str, dict[str, list[int]]] = {field: {} for field in FIELDS}
+        self._prefixes: dict[str, dict[str, list[int]]] = {field: {} for field in FIELDS}
+        self._prefix_lengths: dict[str, set[int]] = {field: set() for field in FIELDS}
+        self._phrases: dict[str, dict[tuple[str, ...], list[int]]] = {field: {} for field in FIELDS}
+        self._phrase_lengths: dict[str, set[int]] = {field: set() for field in FIELDS}
+        self._long_phrases: set[int] = set()
+        for leaf, number in numbers.items():
+            for field in _field_names(leaf.field):
+                if isinstance(leaf, Phrase) and len(leaf.words) > 1:
+                    start = leaf.words[:3]
+                    self._phrases[field].setdefault(start, []).append(number)
+                    self._phrase_lengths[field].add(len(start))
+                    if len(leaf.words) > 3:
+                        self._long_phrases.add(number)
+                elif isinstance(leaf, Phrase):
+                    self._words[field].setdefault(leaf.words[0], []).append(number)
+                elif leaf.prefix:
+                    self._prefixes[field].setdefault(leaf.word, []).append(number)
+                    self._prefix_lengths[field].add(len(leaf.word))
+                else:
+                    self._words[field].setdefault(leaf.word, []).append(number)
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def _found_leaves(self, text: PaperText) -> set[int]:
+        """Every leaf the paper contains, and the long phrases whose first three words it contains."""
+        found: set[int] = set()
+        for field, index in text.fields.items():
+            words, prefixes, phrases = self._words[field], self._prefixes[field], self._phrases[field]
+            if words:
+                for term in index.positions:
+                    if (numbers := words.get(term)) is not None:
+                        found.update(numbers)
+            for length in self._prefix_lengths[field]:
+                for form in index.forms:
+                    if (numbers := prefixes.get(form[:length])) is not None:
+                        found.update(numbers)
+            terms = index.terms
+            for length in self._phrase_lengths[field]:
+                for start in zip(*(terms[i:] for i in range(length)), strict=False):
+                    if (numbers := phrases.get(start)) is not None:  # type: ignore[arg-type]
+                        found.update(numbers)
+        return found
+
+    def match(self, text: PaperText) -> dict[int, tuple[Hit, ...]]:
+        """The hits of every query that matches the paper, by its position in `queries`.
+
+        Queries whose hits all come from one leaf share that leaf's tuple of hits (the same
+        object), so that a caller can work on it once for all of them.
+        """
+        leaves = self._leaves
+        found = self._found_leaves(text)
+        leaf_hits: dict[int, tuple[Hit, ...]] = {}
+        for number in found & self._long_phrases:
+            hits = _match_leaf(leaves[number], text)
+            if hits is None:
+                found.discard(number)
+            else:
+                leaf_hits[number] = _sorted_hits(hits)
+        # `found` now holds exactly the leaves the paper contains: which queries match is set
+        # logic; hits are made once per leaf, and only for the queries that match.
+
+        def hits_of(number: int) -> tuple[Hit, ...]:
+            hits = leaf_hits.get(number)
+            if hits is None:
+                hits = leaf_hits[number] = _sorted_hits(_match_leaf(leaves[number], text) or [])
+            return hits
+
+        matched: dict[int, tuple[Hit, ...]] = {}
+        candidates = set(self._unanchored)
+        alone, anchored = self._alone, self._anchored
+        for number in found:
+            if alone[number]:
+                matched.update(dict.fromkeys(alone[number], hits_of(number)))
+            candidates.update(anchored[number])
+        larger = self._larger
+        joined: dict[frozenset[int], tuple[Hit, ...]] = {}  # the hits of several leaves together
+        for number in candidates:
+            query = larger[number]
+            if not query.required <= found:
+                continue
+            sources = query.sources(found)
+            if not sources:
+                if sources is not None:  # a pure negation
+                    matched[number] = ()
+                continue
+            if len(sources) == 1:
+                matched[number] = hits_of(next(iter(sources)))
+                continue
+            hits = joined.get(sources)
+            if hits is None:
+                hits = joined[sources] = _sorted_hits([hit for leaf in sources for hit in hits_of(leaf)])
+            matched[number] = hits
+        return matched
+
+
+@dataclass(frozen=True, slots=True)
+class _Larger:
+    """A query of more than one leaf, as QueryIndex evaluates it: `required` leaves it cannot
+    match without, and the commonest shapes by set operations alone.
+
+    The hits of a query that matches are those of a set of its leaves (`sources`): `_match`
+    joins their hits, and `match_query` sorts them and drops doubles, so their order and
+    repeats do not matter.
+    """
+
+    kind: str  # "all" (leaves and -leaves, ANDed), "any" (leaves ORed), or "tree" (any other)
+    required: frozenset[int]
+    leaves: frozenset[int]  # "all": the leaves it excludes; "any": its leaves
+    tree: _Compiled | None = None
+
+    @classmethod
+    def of(cls, query: Node, numbers: Mapping[Leaf, int]) -> _Larger:
+        required = frozenset(numbers[leaf] for leaf in _required_leaves(query))
+        if isinstance(query, And) and all(
+            isinstance(child, Term | Phrase)
+            or (isinstance(child, Not) and isinstance(child.child, Term | Phrase))
+            for child in query.children
+        ):
+            excluded = frozenset(numbers[child.child] for child in query.children if isinstance(child, Not))
+            return cls("all", required, excluded)
+        if isinstance(query, Or) and all(isinstance(child, Term | Phrase) for child in query.children):
+            return cls("any", required, frozenset(numbers[child] for child in query.children))
+        return cls("tree", required, frozenset(), _compile(query, numbers))
+
+    def sources(self, found: set[int]) -> frozenset[int] | None:
+        """None if the query does not match a paper that contains the leaves `found` (and the
+        required ones); else the leaves whose hits are its hits (none for a pure negation)."""
+        if self.kind == "all":
+            return self.required if self.leaves.isdisjoint(found) else None
+        if self.kind == "any":
+            return self.leaves.intersection(found) or None
+        sources = _sources(self.tree, found)  # type: ignore[arg-type]
+        return None if sources is None else frozenset(sources)
+
+
+def _required_leaves(node: Node) -> set[Leaf]:
+    """Leaves that every paper the query matches contains (maybe not all such leaves)."""
+    if isinstance(node, Term | Phrase):
+        return {node}
+    if isinstance(node, And):
+        return set().union(*map(_required_leaves, node.children))
+    return set()
+
+
+def _compile(node: Node, numbers: Mapping[Leaf, int]) -> _Compiled:
+    if isinstance(node, Term | Phrase):
+        return numbers[node]
+    if isinstance(node, Not):
+        return ("not", (_compile(node.child, numbers),))
+    kind = "and" if isinstance(node, And) else "or"
+    return (kind, tuple(_compile(child, numbers) for child in node.children))
+
+
+def _sources(code: _Compiled, found: set[int]) -> list[int] | None:
+    """None if the compiled query does not match a paper that contains the leaves `found`; else
+    the leaves whose hits `_match` would give (none for a pure negation)."""
+    if isinstance(code, int):
+        return [code] if code in found else None
+    kind, parts = code
+    if kind == "not":
+        return None if _sources(parts[0], found) is not None else []
+    sources: list[int] = []
+    if kind == "and":
+        for part in parts:
+            more = _sources(part, found)
+            if more is None:
+                return None
+            sources.extend(more)
+        return sources
+    matched = False
+    for part in parts:
+        more = _sources(part, found)
+        if more is not None:
+            matched = True
+            sources.extend(more)
+    return sources if matched else None

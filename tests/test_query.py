@@ -19,6 +19,7 @@ from bot.query import (
     Or,
     PaperText,
     Phrase,
+    QueryIndex,
     Term,
     anchor_terms,
     format_query,
@@ -451,6 +452,18 @@ def test_anchor_terms_are_sound(query, found):
     )
 
 
+def _each_on_its_own(nodes: list, text: PaperText) -> dict:
+    return {i: hits for i, node in enumerate(nodes) if (hits := match_query(node, text)) is not None}
+
+
+@FAST
+@given(st.lists(queries, min_size=1, max_size=10), papers)
+def test_a_query_index_finds_what_each_query_finds_on_its_own(texts, found):
+    nodes = [parse_query(query) for query in texts]
+    text = index_paper(found)
+    assert QueryIndex(nodes).match(text) == _each_on_its_own(nodes, text)
+
+
 @FAST
 @given(queries, papers)
 def test_hits_point_at_the_words_they_name(query, found):
@@ -542,3 +555,42 @@ def test_real_anchors_never_skip_a_match(real_texts):
                     any(t.startswith(a[:-1]) for t in text.terms) if a.endswith("*") else a in text.terms
                     for a in anchors
                 ), query
+
+
+def test_real_query_index_finds_what_each_query_finds(real_papers, real_texts):
+    """Every shape the index treats apart: words, prefixes, phrases of two, three and more
+    words, fields, names, pure negations, ANDs of words and -words, ORs of words, deeper trees,
+    and the same query twice."""
+    queries = [
+        "agent",
+        "agent*",
+        "reinforc*",
+        '"language model"',
+        '"large language model"',
+        '"mixture of experts models"',
+        '"the first large scale"',
+        "title:agent",
+        "keyword:toxicity",
+        "author:Li",
+        'author:"R. Michael Alvarez"',
+        "org:caltech",
+        "LLM agent",
+        "LLM -agent",
+        "-survey",
+        "-survey -benchmark",
+        "diffusion OR flow OR agent",
+        "(RL OR reasoning) benchmark*",
+        '(diffusion -"language model") OR (author:Li -agent)',
+        "NOT (agent OR LLM)",
+        "agent",
+    ]
+    keywords = {keyword for p in real_papers for keyword in p.ai_keywords if len(keyword.split()) >= 3}
+    queries += [f'"{keyword}"' for keyword in sorted(keywords)[:60] if '"' not in keyword]
+    nodes = [parse_query(query) for query in queries]
+    index = QueryIndex(nodes)
+    found = 0
+    for text in real_texts.values():
+        expected = _each_on_its_own(nodes, text)
+        assert index.match(text) == expected
+        found += len(expected)
+    assert found > 100
