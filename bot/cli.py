@@ -476,6 +476,17 @@ def preview(obj, name, out, open_):
         webbrowser.open(html_path.resolve().as_uri())
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on.")
+@click.pass_obj
+def serve(obj, host, port):
+    """Serve the web app: subscribe, confirm, unsubscribe, manage watches, feeds (until Ctrl-C)."""
+    from bot.web import serve as serve_web  # starlette and uvicorn load only for this command
+
+    serve_web(obj.settings, obj.db_path, obj.subscriptions_dir, host=host, port=port)
+
+
 @main.group()
 def subscribers():
     """Check and list the subscription files."""

@@ -282,14 +282,12 @@ def resolve_channels(subscribers: list[Subscriber]) -> Callable[[Delivery], tupl
     return target
 
 
-def make_senders(settings: Settings, subscribers: list[Subscriber]) -> dict[str, Sender]:
-    """A sender for every kind of channel: email (the outbox or SMTP), Slack and webhooks."""
+def make_email_sender(settings: Settings) -> Sender:
+    """The mail transport of `mail.transport`: SMTP with the smtp.* settings, or the local outbox."""
     from bot.channels.email import OutboxSender, SmtpSender
-    from bot.channels.slack import SlackSender
-    from bot.channels.webhook import WebhookSender
 
     if settings["mail.transport"] == "smtp":
-        email: Sender = SmtpSender(
+        return SmtpSender(
             host=settings["smtp.host"],
             port=settings["smtp.port"],
             sender=parseaddr(settings["mail.from"])[1],
@@ -299,8 +297,15 @@ def make_senders(settings: Settings, subscribers: list[Subscriber]) -> dict[str,
             timeout=settings["smtp.timeout"],
             rate=settings["smtp.rate"],
         )
-    else:
-        email = OutboxSender(settings["mail.outbox"])
+    return OutboxSender(settings["mail.outbox"])
+
+
+def make_senders(settings: Settings, subscribers: list[Subscriber]) -> dict[str, Sender]:
+    """A sender for every kind of channel: email (the outbox or SMTP), Slack and webhooks."""
+    from bot.channels.slack import SlackSender
+    from bot.channels.webhook import WebhookSender
+
+    email = make_email_sender(settings)
     target = resolve_channels(subscribers)
     timeout = settings["webhook.timeout"]
     senders: dict[str, Sender] = {}
