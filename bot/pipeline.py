@@ -36,7 +36,7 @@ from bot.deliver import (
 from bot.errors import BotError, PermanentError, SettingsError, SourceError, TransientError
 from bot.fetch import Listing, fetch_listing, fetch_with_fallback
 from bot.match import Match, WatchIndex, match_papers
-from bot.message import MessageSettings, compose_email, digest_links, email_bytes, message_id
+from bot.message import MessageSettings, digest_links, email_data, message_id
 from bot.models import Digest, FetchResult, Subscriber
 from bot.render import RenderedDigest, render_digest
 from bot.store import Delivery, SaveStats, Store
@@ -346,8 +346,7 @@ def render_plan(
     """A planned digest as the subscriber will read it, and the bytes of its email."""
     digest = make_digest(plan, shown, total, mail)
     rendered = render_digest(digest)
-    message = compose_email(digest, rendered, mail, to=expand_target(plan.channel.target))
-    return digest, rendered, email_bytes(message)
+    return digest, rendered, email_data(digest, rendered, mail, to=expand_target(plan.channel.target))
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,13 @@ a title like "<script>" is shown as text, and a missing value is an error, never
 inlines the CSS for mail clients that drop <style>, and keeps the HTML under
 `MAX_HTML_BYTES` so Gmail does not clip it, moving papers into "and N more" if need be.
 
+It is fast because most of a digest is shared: a paper shown with the same watches and the
+same highlights looks the same in every subscriber's digest. Each such card is rendered
+(`card.html.j2`, `card.txt.j2`) and CSS-inlined once, alone in a page with the same style
+sheet, and kept (an LRU cache); a digest renders and inlines only its frame
+(`digest.html.j2`: header, footer, links) and puts its cards in. The result is the same,
+byte for byte, as inlining the whole page (a test checks it on real digests).
+
 Matched words are highlighted in the title (from the match's hits) and in the snippet (HF's
 AI summary, else the opening of the abstract), where they are found again with the same
 folding as the query language (`bot.words`).
@@ -44,6 +51,7 @@ __all__ = [
     "Segment",
     "build_digest",
     "digest_period",
+    "forget_cards",
     "make_environment",
     "paper_card",
     "render_digest",
@@ -55,7 +63,12 @@ __all__ = [
 MAX_HTML_BYTES = 100_000
 AUTHORS_SHOWN = 3
 SNIPPET_CHARS = 300
-_TEMPLATES = ("digest.html.j2", "digest.txt.j2", "subject.txt.j2")
+_TEMPLATES = ("digest.html.j2", "digest.txt.j2", "subject.txt.j2", "card.html.j2", "card.txt.j2")
+_CARDS_CACHED = 4096  # distinct cards kept rendered: a few days of papers x their watch combinations
+# Where the frame of a digest takes its cards, and the bounds of a card inlined alone: comments,
+# which the HTML parser keeps in place inside a table and the serializer writes back unchanged.
+_CARDS_HERE = "<!--paperbot:cards-->"
+_CARD_START, _CARD_END = "<!--paperbot:card-->", "<!--paperbot:card-end-->"
 _DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _ARXIV_ID = re.compile(r"^(?:\d{4}\.\d{4,5}|[a-z][a-z.-]*/\d{7})$", re.I)
@@ -313,14 +326,19 @@ def _count(number: int | None, one: str, many: str) -> list[str]:
 
 def paper_card(match: Match, rank: int) -> PaperCard:
     """How one match is shown: highlighted title and snippet, links, authors, counts, watches."""
-    paper = match.paper
-    hits = tuple(match.hits)
+    card = _card_of(match.paper, tuple(match.watches), tuple(match.hits), tuple(match.reasons))
+    return card if rank == card.rank else dataclasses.replace(card, rank=rank)
+
+
+@lru_cache(maxsize=_CARDS_CACHED)
+def _card_of(paper: Paper, watches: tuple[str, ...], hits: tuple, reasons: tuple[str, ...]) -> PaperCard:
+    """The card of rank 0 for a paper, matched by `watches` on `hits`: the same for every subscriber."""
     title = _segments(paper.title, [(h.start, h.end) for h in hits if h.field == "title"])
     snippet_text, is_summary = _snippet(paper)
     snippet = _segments(snippet_text, _find_again(snippet_text, _patterns(hits)))
     on_arxiv = bool(_ARXIV_ID.match(paper.id))
     return PaperCard(
-        rank=rank,
+        rank=0,
         title=title,
         title_plain=_plain(title),
         hf_url=paper.hf_url,
@@ -335,8 +353,8 @@ def paper_card(match: Match, rank: int) -> PaperCard:
             + _count(paper.github_stars if paper.github_repo else None, "GitHub star", "GitHub stars")
             + _count(paper.num_comments, "comment", "comments")
         ),
-        watches=tuple(match.watches),
-        reasons=tuple(match.reasons),
+        watches=watches,
+        reasons=reasons,
         snippet=snippet,
         snippet_is_summary=is_summary,
     )
@@ -374,6 +392,7 @@ def make_environment(directory: Path | str | None = None) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        auto_reload=False,  # the templates do not change while paperbot runs: no stat() per render
     )
 
 
@@ -399,6 +418,36 @@ def _tidy_text(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n") + "\n"
 
 
+def _card_html(environment: jinja2.Environment, card: PaperCard) -> str:
+    """One card's HTML with its CSS inlined: rendered and inlined once, alone in a page with the
+    digest's style sheet (no rule of which depends on what is around a card)."""
+    return _cached_card_html(environment, dataclasses.replace(card, rank=0) if card.rank else card)
+
+
+@lru_cache(maxsize=_CARDS_CACHED)
+def _cached_card_html(environment: jinja2.Environment, card: PaperCard) -> str:
+    css = environment.get_template("digest.css.j2").render()
+    rows = environment.get_template("card.html.j2").render(p=card)
+    page = (
+        f"<!DOCTYPE html><html><head><style>{css}</style></head><body><table><tbody>"
+        f"{_CARD_START}{rows}{_CARD_END}</tbody></table></body></html>"
+    )
+    inlined = _inliner().inline(page)
+    start, end = inlined.index(_CARD_START) + len(_CARD_START), inlined.index(_CARD_END)
+    return inlined[start:end]
+
+
+@lru_cache(maxsize=_CARDS_CACHED)
+def _card_text(environment: jinja2.Environment, card: PaperCard) -> str:
+    return environment.get_template("card.txt.j2").render(p=card)
+
+
+def forget_cards() -> None:
+    """Drop every card kept rendered (a benchmark of a cold start calls this)."""
+    for cache in (_card_of, _cached_card_html, _card_text):
+        cache.cache_clear()
+
+
 def render_digest(digest: Digest, environment: jinja2.Environment | None = None) -> RenderedDigest:
     """The subject, HTML (CSS inlined, under MAX_HTML_BYTES) and plain text of `digest`."""
     environment = environment or _default_environment()
@@ -421,13 +470,20 @@ def render_digest(digest: Digest, environment: jinja2.Environment | None = None)
 
     shown = len(cards)
     subject = _one_line(environment.get_template("subject.txt.j2").render(context(shown)))
+    frame = environment.get_template("digest.html.j2")
     while True:
         values = context(shown) | {"subject": subject}
-        html = _inliner().inline(environment.get_template("digest.html.j2").render(values)).rstrip() + "\n"
+        page = _inliner().inline(frame.render(values, cards=_CARDS_HERE))
+        parts = page.split(_CARDS_HERE)
+        if len(parts) != 2:
+            raise RuntimeError(f"digest.html.j2 must place {{{{ cards | safe }}}} once ({digest.period})")
+        html = parts[0] + "".join(_card_html(environment, card) for card in cards[:shown]) + parts[1]
+        html = html.rstrip() + "\n"
         size = len(html.encode("utf-8"))
         if size <= MAX_HTML_BYTES or shown == 0:
             break
         # Too big for Gmail: drop the lowest-ranked papers into "and N more" and try again.
         shown = max(0, min(shown - 1, shown * MAX_HTML_BYTES // size))
-    text = _tidy_text(environment.get_template("digest.txt.j2").render(values))
+    cards_text = "".join(_card_text(environment, card) for card in cards[:shown])
+    text = _tidy_text(environment.get_template("digest.txt.j2").render(values, cards=cards_text))
     return RenderedDigest(subject=subject, html=html, text=text, shown=shown)

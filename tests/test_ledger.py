@@ -83,6 +83,29 @@ def test_only_one_process_can_claim_a_digest_and_a_dead_claim_expires(ledger):
     assert ledger.get_delivery(delivery.id).attempts == 2
 
 
+def test_the_record_of_a_send_waits_for_the_disk_and_the_rest_does_not(ledger):
+    """synchronous=NORMAL (a commit survives a crash of paperbot, not a power cut) but for the
+    "sent" mark, whose fsync also makes every earlier commit durable: a power cut can only
+    lose what would be done again, never the record that a digest went out."""
+    settings = []
+    ledger.db.conn.set_trace_callback(settings.append)
+    delivery = reserve(ledger)
+    assert ledger.claim_delivery(delivery.id, "one", T0, timedelta(minutes=5))
+    assert not any("synchronous" in statement for statement in settings)
+    ledger.mark_sent(delivery.id, T0)
+    ledger.db.conn.set_trace_callback(None)
+    assert [s for s in settings if "synchronous" in s] == [
+        "PRAGMA synchronous = FULL",
+        "PRAGMA synchronous = NORMAL",
+    ]
+    assert (
+        settings.index("PRAGMA synchronous = FULL")
+        < next(i for i, s in enumerate(settings) if s.startswith("update deliveries set state = 'sent'"))
+        < settings.index("PRAGMA synchronous = NORMAL")
+    )
+    assert ledger.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
 # -- SMTP, against a real server on 127.0.0.1 --------------------------------------------------
 
 

@@ -17,7 +17,7 @@ import pytest
 from bot.captures import read_capture
 from bot.errors import SettingsError
 from bot.match import Match, WatchIndex, match_papers
-from bot.message import MessageSettings, compose_email, digest_links, email_bytes, message_id
+from bot.message import MessageSettings, compose_email, digest_links, email_bytes, email_data, message_id
 from bot.models import Paper
 from bot.render import build_digest, digest_period, render_digest
 from bot.subscriptions import read_subscription
@@ -65,7 +65,7 @@ def bob(tmp_path, **top):
 
 def sent(digest, **options) -> tuple[bytes, email.message.EmailMessage]:
     """The bytes handed to SMTP, and what a receiving mail program parses out of them."""
-    data = email_bytes(compose_email(digest, render_digest(digest), SETTINGS, **options))
+    data = email_data(digest, render_digest(digest), SETTINGS, **options)
     return data, email.message_from_bytes(data, policy=email.policy.default)
 
 

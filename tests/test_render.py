@@ -14,6 +14,7 @@ import sys
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import jinja2
 import pytest
@@ -89,6 +90,55 @@ def test_example_alice_digest_matches_its_golden_files():
     assert rendered.subject == "2 papers · Fri 12 Jun 2026 · MiniMax Sparse Attention and 1 more"
     check_golden("example-alice_2026-06-12.html", rendered.html)
     check_golden("example-alice_2026-06-12.txt", rendered.text)
+
+
+def inlined_whole(digest, environment) -> str:
+    """The HTML as inlining the whole page would make it: the frame with every card rendered
+    in place, then CSS-inlined at once (render_digest inlines each card once, and the frame)."""
+    from bot.render import _inliner, paper_card
+
+    cards = [paper_card(match, rank) for rank, match in enumerate(digest.matches, 1)]
+    rows = "".join(environment.get_template("card.html.j2").render(p=card) for card in cards)
+    subscriber = digest.subscriber
+    page = environment.get_template("digest.html.j2").render(
+        digest=digest,
+        subscriber=subscriber,
+        schedule=subscriber.schedule.text,
+        papers=cards,
+        shown=len(cards),
+        total=digest.total,
+        more=digest.total - len(cards),
+        watch_count=len(subscriber.watches),
+        generated_local=digest.generated_at.astimezone(ZoneInfo(subscriber.timezone)),
+        subject=render_digest(digest, environment).subject,
+        cards=rows,
+    )
+    return _inliner().inline(page).rstrip() + "\n"
+
+
+def test_cards_inlined_one_by_one_make_the_page_that_inlining_it_whole_makes(tmp_path):
+    """Every paper of the real capture, in digests of several sizes, with highlights in titles,
+    snippets, authors and organizations, rising reasons, and a card shared by two digests."""
+    environment = make_environment()
+    papers = capture_papers()
+    watches = """
+        [[watch]]
+        name = "models & <agents>"
+        query = "model* OR agent* OR learning OR data"
+        [[watch]]
+        name = "people"
+        query = "author:Li OR author:Wang OR org:nvidia"
+        [[watch]]
+        name = "rising"
+        rising = 1
+    """
+    bob = subscriber_with(tmp_path, watches, max_papers=50)
+    checked = 0
+    for size in (1, 7, len(papers)):
+        digest = digest_of(bob, papers[:size], upvotes_before={p.id: 0 for p in papers})
+        assert render_digest(digest, environment).html == inlined_whole(digest, environment)
+        checked += len(digest.matches)
+    assert checked > 30
 
 
 def test_the_same_digest_renders_the_same_bytes():
