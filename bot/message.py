@@ -56,6 +56,8 @@ __all__ = [
 
 MAX_LINE = 998  # RFC 5322: a line longer than this (without its CRLF) is refused by real servers
 _VERBATIM = frozenset({"list-unsubscribe"})
+_ADDRESS = re.compile(r'[^@\s<>,;:"()\[\]\\]+@[^@\s<>,;:"()\[\]\\]+')
+_FROM_LINE = re.compile(rb"^From ", re.M)
 _WORD_BYTES = 42  # "=?utf-8?b?" + base64 of 42 bytes (56) + "?=": 68 characters (RFC 2047: 75)
 
 
@@ -194,7 +196,7 @@ def email_data(
         _header("Subject", _text(rendered.subject, "Subject")),
         _header("Date", format_datetime(digest.generated_at.astimezone(UTC))),
         _header("Message-ID", identity),
-        _header("List-Id", _text(settings.list_header, "List-Id")),
+        _header("List-Id", _list_id(settings.list_header)),
         # Folded only between its URLs: an encoded word or a break inside a URL is read by no client.
         _header("List-Unsubscribe", f"<{mailto}>,\r\n <{digest.unsubscribe_url}>"),
         _header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
@@ -226,26 +228,53 @@ def _header(name: str, value: str) -> str:
 
 
 def _address(name: str, address: str) -> str:
-    """`Name <address>`: the name quoted where it must be, RFC 2047-encoded when not ASCII."""
-    if not address.isascii() or re.search(r"[\s<>]", address):
-        raise ValueError(f"not a mail address paperbot can send to: {address!r}")
-    return formataddr((" ".join(name.split()), address), charset="utf-8")
+    """`Name <address>`: the name quoted where it must be, or in RFC 2047 encoded words when it
+    is not ASCII or too long for one line; the address one plain addr-spec."""
+    if not _ADDRESS.fullmatch(address):
+        raise ValueError(f"not one plain mail address: {address!r}: write e.g. alice@example.org")
+    name = " ".join(name.split())
+    if not name:
+        return address
+    if name.isascii() and len(name) <= 60:
+        return formataddr((name, address))
+    return f"{_encoded_words(name)}\r\n <{address}>"
+
+
+def _list_id(value: str) -> str:
+    """The List-Id: its `<id>` never encoded (RFC 2919: filters read it raw), its phrase as any text."""
+    found = re.fullmatch(r"(.*?)\s*(<[^<>\s]+>)", value.strip())
+    if found is None:
+        return _text(value, "List-Id")
+    phrase, ident = found.groups()
+    if phrase.isascii() and len("List-Id: ") + len(phrase) + 1 + len(ident) <= 78:
+        return f"{phrase} {ident}".strip()
+    return f"{_text(phrase, 'List-Id')}\r\n {ident}"
 
 
 def _text(value: str, name: str) -> str:
-    """An unstructured header value: as it is when ASCII and short, else RFC 2047 encoded words
-    (base64, whole characters, at most 75 characters each), one per line."""
+    """An unstructured header value: as it is when ASCII and short, else RFC 2047 encoded words."""
     value = " ".join(value.split())
     if value.isascii() and len(name) + 2 + len(value) <= 78:
         return value
-    # email.header.Header does this too, but its folding measured every candidate line again
-    # and again: a third of the time of a whole message.
-    words, chunk, size = [], [], 0
+    return _encoded_words(value)
+
+
+def _encoded_words(value: str) -> str:
+    """RFC 2047 encoded words (base64, at most 68 characters each), one per line, each ending
+    after a space where there is one: readers join adjacent encoded words with nothing between.
+
+    email.header.Header does this too, but its folding measured every candidate line again
+    and again: a third of the time of a whole message."""
+    words: list[str] = []
+    chunk: list[str] = []
+    size = 0
     for character in value:
         width = len(character.encode("utf-8"))
         if size + width > _WORD_BYTES:
-            words.append(base64mime.header_encode("".join(chunk), "utf-8"))
-            chunk, size = [], 0
+            cut = len(chunk) - chunk[::-1].index(" ") if " " in chunk else len(chunk)
+            words.append(base64mime.header_encode("".join(chunk[:cut]), "utf-8"))
+            chunk = chunk[cut:]
+            size = len("".join(chunk).encode("utf-8"))
         chunk.append(character)
         size += width
     words.append(base64mime.header_encode("".join(chunk), "utf-8"))
@@ -254,7 +283,9 @@ def _text(value: str, name: str) -> str:
 
 def _text_part(subtype: str, text: str) -> bytes:
     body = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
-    encoded = binascii.b2a_qp(body, istext=True).replace(b"\n", b"\r\n")
+    encoded = binascii.b2a_qp(body, istext=True)
+    # A line starting "From " is rewritten ">From " by mailers that store mbox files: encode its F.
+    encoded = _FROM_LINE.sub(b"=46rom ", encoded).replace(b"\n", b"\r\n")
     return (
         f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
         "Content-Transfer-Encoding: quoted-printable\r\n\r\n"

@@ -806,7 +806,7 @@ class Store:
 
     def suppress(self, subscriber_id: str, channel: str, recipient: str, reason: str, now: datetime) -> None:
         """Stop sending to this subscriber's channel, saying why (shown by `paperbot status`)."""
-        with self._immediate() as conn:
+        with self._immediate(durable=True) as conn:  # an unsubscribe confirmed must survive a power cut
             conn.execute(
                 "insert or replace into suppressions (subscriber_id, channel, recipient, reason, created_at)"
                 " values (?, ?, ?, ?, ?)",
@@ -828,7 +828,7 @@ class Store:
 
     def unsuppress(self, subscriber_id: str, channel: str = "*") -> None:
         """Lift a suppression (a subscriber who subscribes again, an address fixed)."""
-        with self._immediate() as conn:
+        with self._immediate(durable=True) as conn:
             conn.execute(
                 "delete from suppressions where subscriber_id = ? and channel = ?", [subscriber_id, channel]
             )

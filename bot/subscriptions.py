@@ -48,7 +48,8 @@ _WATCH = {
 }
 _CHANNEL_KINDS = ("email", "slack", "webhook", "apprise")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# One plain address: no list, no display name, no quoting (a comma would make the To header two).
+_EMAIL = re.compile(r'^[^@\s<>,;:"()\[\]\\]+@[^@\s<>,;:"()\[\]\\]+\.[^@\s<>,;:"()\[\]\\]+$')
 _TYPE_NAMES = {
     str: "text in quotes",
     int: "a whole number",

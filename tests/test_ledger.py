@@ -87,6 +87,7 @@ def test_the_record_of_a_send_waits_for_the_disk_and_the_rest_does_not(ledger):
     """synchronous=NORMAL (a commit survives a crash of paperbot, not a power cut) but for the
     "sent" mark, whose fsync also makes every earlier commit durable: a power cut can only
     lose what would be done again, never the record that a digest went out."""
+    assert ledger.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL, from open_store
     settings = []
     ledger.db.conn.set_trace_callback(settings.append)
     delivery = reserve(ledger)

@@ -8,6 +8,7 @@ import email.policy
 import re
 import textwrap
 from datetime import UTC, datetime, timedelta
+from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import unquote
@@ -184,6 +185,56 @@ def test_a_hostile_subscriber_name_stays_in_the_to_header(tmp_path):
     _, message = sent(digest_for(subscriber, []))
     assert message["Bcc"] is None
     assert [a.addr_spec for a in message["To"].addresses] == ["bob@example.org"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Zhang Wěi 张伟 " * 4, "Ada " + "Lovelace " * 150, 'Dr. "Q" O\'Brien, PhD', "李" * 300],
+)
+def test_any_subscriber_name_reads_back_whole_in_short_lines(tmp_path, name):
+    """Long and non-ASCII names become RFC 2047 encoded words of at most 75 characters,
+    folded; a digest is never refused for its recipient's name."""
+    subscriber = dataclasses.replace(bob(tmp_path), name=name)
+    data, message = sent(digest_for(subscriber, []))
+    assert message["To"].addresses[0].addr_spec == "bob@example.org"
+    # Decoded as RFC 2047 says (adjacent encoded words join with nothing between); the
+    # stdlib's address parser would put a space between them.
+    raw = re.search(rb"^To: (.*?) <bob@example\.org>\r\n", data, re.M | re.S).group(1).decode("ascii")
+    shown = str(make_header(decode_header(raw))) if "=?" in raw else email.utils.parseaddr(raw + " <x@y>")[0]
+    assert shown == " ".join(name.split())
+    to_lines = re.search(rb"^To: .*?>\r\n", data, re.M | re.S).group(0).split(b"\r\n")
+    assert max(len(line) for line in to_lines) <= 78
+    assert all(len(word) <= 75 for word in re.findall(rb"=\?utf-8\?b\?[^?]*\?=", b"".join(to_lines)))
+
+
+def test_the_list_id_stays_readable_whatever_its_length():
+    """RFC 2919: filters match the raw <id>; only its phrase may be encoded."""
+    long_domain = "digests." + "very-long-department-name." * 2 + "example.org"
+    settings = dataclasses.replace(SETTINGS, list_id=f"Papers für das Labor <{long_domain}>")
+    digest = alice_digest()
+    data = email_data(digest, render_digest(digest), settings)
+    assert f"<{long_domain}>".encode() in data
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert message["List-Id"] == f"Papers für das Labor <{long_domain}>"
+
+
+def test_a_recipient_that_is_not_one_plain_address_is_refused(tmp_path):
+    digest = digest_for(bob(tmp_path), [])
+    for address in ("victim,attacker@evil.example", "a@b.example\r\nBcc: c@d.example", '"x"@y.example'):
+        with pytest.raises(ValueError, match="not one plain mail address"):
+            email_data(digest, render_digest(digest), SETTINGS, to=address)
+
+
+def test_a_body_line_starting_with_from_is_encoded():
+    """mbox-storing mailers rewrite a line starting "From " as ">From ": its F is sent as =46."""
+    digest = alice_digest()
+    rendered = render_digest(digest)
+    rendered = dataclasses.replace(rendered, text="From the lab\nFrom here\n" + rendered.text)
+    data = email_data(digest, rendered, SETTINGS)
+    assert not re.search(rb"^From ", data.split(b"\r\n\r\n", 1)[1], re.M)
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    text = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert text.startswith("From the lab\nFrom here\n")
 
 
 # -- recipient and settings ------------------------------------------------------------------

@@ -61,6 +61,12 @@ def test_a_good_file(tmp_path):
         (GOOD.replace("min_upvotes = 3", 'min_upvotes = "three"'), "watch[0].min_upvotes", 9, "whole number"),
         (GOOD.replace('email = "bob@example.org"', 'email = "bob"'), "email", 2, "not an email address"),
         (
+            GOOD.replace('email = "bob@example.org"', 'email = "bob@example.org,eve@example.org"'),
+            "email",
+            2,
+            "not an email address",
+        ),
+        (
             GOOD + '\n[channels]\nslack = "https://hooks.slack.com/services/T0/B0/xyz"\n',
             "channels.slack",
             12,
