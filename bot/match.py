@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
-from collections import Counter, defaultdict
+from array import array
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import chain, repeat
-from operator import attrgetter
+from itertools import chain, compress, repeat
+from operator import attrgetter, not_
 
 from bot.models import Paper, Subscriber, Watch
 from bot.query import Hit, Node, PaperText, QueryIndex, index_paper, match_query
@@ -29,7 +30,7 @@ __all__ = ["Match", "WatchIndex", "match_naively", "match_papers", "watch_accept
 FIELD_WEIGHTS = {"title": 3.0, "author": 3.0, "keyword": 2.0, "org": 2.0, "abstract": 1.0}
 _NO_THRESHOLDS = (0, 0, False, None)
 _field_name = attrgetter("field")
-_paper_id, _score_of = attrgetter("paper.id"), attrgetter("score")
+_score_of = attrgetter("score")
 _subscriber_id = attrgetter("subscriber_id")
 
 
@@ -45,96 +46,101 @@ class Match:
     reasons: tuple[str, ...] = ()  # e.g. "crossed 50 upvotes"
 
 
-def _match_maker():
-    """Match(...) without its __init__, for the hot loop of `match_paper`: a frozen dataclass's
-    __init__ sets each field through object.__setattr__, which took a third of the time of a
-    day with 100,000 subscribers; setting its slots directly makes the same object, twice as fast."""
+def _column_maker():
+    """Match(...) for many matches at once, without its __init__, for the hot loop of
+    `match_paper`: a frozen dataclass's __init__ sets each field through object.__setattr__,
+    which took a third of the time of a day with 100,000 subscribers. Here each slot of every
+    new match is set by one C-level map() per field: the same objects, several times faster."""
     new = Match.__new__
     setters = [getattr(Match, field.name).__set__ for field in dataclasses.fields(Match)]
-    set_id, set_paper, set_watches, set_score, set_hits, set_reasons = setters
 
-    def make(subscriber_id, paper, watches, score, hits, reasons):
-        match = new(Match)
-        set_id(match, subscriber_id)
-        set_paper(match, paper)
-        set_watches(match, watches)
-        set_score(match, score)
-        set_hits(match, hits)
-        set_reasons(match, reasons)
-        return match
+    def make(
+        paper: Paper,
+        ids: list[str],
+        names: list[tuple[str]],
+        counts: list[int],
+        scores: list[float],
+        hits: list[tuple],
+        reasons: list[tuple[str, ...]],
+    ) -> list[Match]:
+        """One match of `paper` per id, with its name; `counts` say how many in a row share
+        each of `scores`, `hits` and `reasons`."""
+        made = list(map(new, repeat(Match, len(ids))))
+        shared = [chain.from_iterable(map(repeat, column, counts)) for column in (scores, hits, reasons)]
+        for set_field, values in zip(setters, (ids, repeat(paper), names, *shared), strict=True):
+            deque(map(set_field, made, values), maxlen=0)  # consumed for its effect, kept nowhere
+        return made
 
     return make
 
 
-_make_match = _match_maker()
-
-
-# A watch as a match needs it: its subscriber's number (see WatchIndex), the subscriber's id,
-# the watch's name as Match.watches has it when it matched alone, and its slot.
-_Member = tuple[int, str, tuple[str], int]
-
-
-@dataclass(slots=True)
-class _Group:
-    """Watches that share a query (or have none) and thresholds: checked once for all."""
-
-    watch: Watch  # any of them, to check the thresholds on
-    members: list[_Member]
-    owners: list[int]  # the subscriber number of each member
-    checked: bool  # whether it has thresholds to check
-    ids: tuple[str, ...] = ()  # the subscriber id of each member, and
-    names: tuple[tuple[str], ...] = ()  # its watch name as a Match has it: see `sealed`
-
-    def sealed(self) -> _Group:
-        """The group with `ids` and `names` filled in, for matches made in one C-level map()."""
-        self.ids = tuple(member[1] for member in self.members)
-        self.names = tuple(member[2] for member in self.members)
-        return self
+_make_matches = _column_maker()
 
 
 class _WatchSet:
-    """Some of the index's watches, grouped by query, then by thresholds, queries indexed."""
+    """Some of the index's watches, grouped by query, then by thresholds, queries indexed.
 
-    def __init__(self, members: Iterable[tuple[_Member, Watch]]):
+    Laid out flat, as an index holds hundreds of thousands of watches and most queries are
+    one watch's: a Python object per watch or per group took 300 MB for 100,000 subscribers.
+    The watches are put in order (their "positions") group after group, the groups query
+    after query, those without thresholds first; so a group is a range of positions and a
+    query a range of groups, told by offsets in arrays. Watches with thresholds only come
+    last, under a query number of their own, `unqueried`.
+    """
+
+    def __init__(self, slots: Iterable[int], index: WatchIndex):
         numbers: dict[Node, int] = {}  # query -> its number in self.queries
-        by_query: list[dict[tuple, _Group]] = []
-        thresholds_only: dict[tuple, _Group] = {}
-        for member, watch in members:
-            if watch.query is None:
-                groups = thresholds_only
-            else:
-                number = numbers.setdefault(watch.query, len(numbers))  # type: ignore[arg-type]
-                if number == len(by_query):
-                    by_query.append({})
-                groups = by_query[number]
+        kinds: dict[tuple, int] = {_NO_THRESHOLDS: 0}  # thresholds -> their number
+        taken: list[int] = []  # the slots in this set
+        queries: list[int] = []  # and the query number of each, or -1 for none
+        thresholds = []  # and the number of its thresholds
+        for slot in slots:
+            watch = index.watches[slot]
+            taken.append(slot)
+            query = watch.query
+            queries.append(-1 if query is None else numbers.setdefault(query, len(numbers)))  # type: ignore[arg-type]
             key = (watch.min_upvotes, watch.min_stars, watch.has_code, watch.rising)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = _Group(watch, [], [], key != _NO_THRESHOLDS)
-            group.members.append(member)
-            group.owners.append(member[0])
+            thresholds.append(kinds.setdefault(key, len(kinds)))
         self.queries = QueryIndex(numbers)
-        self.groups = [[group.sealed() for group in groups.values()] for groups in by_query]
-        self.thresholds_only = [group.sealed() for group in thresholds_only.values()]
+        self.unqueried = unqueried = len(numbers)
+        # One int per watch to sort on: its group. Python's sort is stable: a group's watches
+        # stay in slot order, which is the order a subscriber's watches are named in.
+        groups = [
+            (unqueried if query < 0 else query) * len(kinds) + kind
+            for query, kind in zip(queries, thresholds, strict=True)
+        ]
+        del queries, thresholds
+        order = sorted(range(len(taken)), key=groups.__getitem__)
+        self.slots = array("i")  # position -> slot
+        self.ids: list[str] = []  # position -> subscriber id
+        self.names: list[tuple[str]] = []  # position -> the watch's name, as Match.watches has it
+        self.first_member = array("i")  # group -> its first position (and one past the last)
+        self.checks: list[Watch | None] = []  # group -> a watch to check its thresholds on, if any
+        # group -> subscribers with several of its watches (the same query and thresholds twice)
+        self.repeated: dict[int, set[str]] = {}
+        self.first_group = array("i", [0]) * (unqueried + 2)  # query -> its first group (and one past)
+        previous, next_query = -1, 0
+        for position, taken_at in enumerate(order):
+            slot, group = taken[taken_at], groups[taken_at]
+            self.slots.append(slot)
+            self.ids.append(index.ids[slot])
+            self.names.append(index.names[slot])
+            if group != previous:
+                query, kind = divmod(group, len(kinds))
+                while next_query <= query:  # queries without watches here have no groups
+                    self.first_group[next_query] = len(self.checks)
+                    next_query += 1
+                self.first_member.append(position)
+                self.checks.append(index.watches[slot] if kind else None)
+                previous = group
+            elif self.ids[-1] == self.ids[-2]:  # a subscriber's watches are in a row
+                self.repeated.setdefault(len(self.checks) - 1, set()).add(self.ids[-1])
+        self.first_member.append(len(self.slots))
+        for query in range(next_query, unqueried + 2):
+            self.first_group[query] = len(self.checks)
 
     def __bool__(self) -> bool:
-        return bool(self.groups or self.thresholds_only)
-
-    def accepted(
-        self, paper: Paper, before: int | None
-    ) -> tuple[list[tuple[_Group, int, str]], dict[int, tuple[Hit, ...]]]:
-        """The groups whose query and thresholds `paper` satisfies, each with its query's number
-        (-1: none) and reason ("" but for rising watches); and the hits of each query by number."""
-        hits = self.queries.match(index_paper(paper))
-        hits[-1] = ()
-        accepted = []
-        for number in hits:
-            for group in self.groups[number] if number >= 0 else self.thresholds_only:
-                if not group.checked:
-                    accepted.append((group, number, ""))
-                elif (reason := watch_accepts(group.watch, paper, before)) is not None:
-                    accepted.append((group, number, reason))
-        return accepted, hits
+        return bool(self.slots)
 
 
 class WatchIndex:
@@ -149,73 +155,82 @@ class WatchIndex:
         for subscriber in subscribers:
             if not subscriber.paused:
                 by_id.setdefault(subscriber.id, []).append(subscriber)
-        self.slots: list[tuple[Subscriber, Watch]] = [
-            (subscriber, watch)
-            for same in by_id.values()
-            for subscriber in same
-            for watch in subscriber.watches
-        ]
-        # One number per subscriber id, in the order of the ids: the order matches are given in.
-        owners = {subscriber_id: number for number, subscriber_id in enumerate(sorted(by_id))}
-        names: dict[str, tuple[str]] = {}  # one tuple per name, shared: watches are often alike
-        members = [
-            ((owners[subscriber.id], subscriber.id, names.setdefault(watch.name, (watch.name,)), slot), watch)
-            for slot, (subscriber, watch) in enumerate(self.slots)
-        ]
-        self.every = _WatchSet(members)
-        self.rising = _WatchSet(entry for entry in members if entry[1].rising is not None)
+        self.watches: list[Watch] = []  # slot -> watch
+        self.ids: list[str] = []  # slot -> its subscriber's id
+        self.names: list[tuple[str]] = []  # slot -> (its name,), one tuple per name: watches are often alike
+        names: dict[str, tuple[str]] = {}
+        for same in by_id.values():
+            for subscriber in same:
+                for watch in subscriber.watches:
+                    self.watches.append(watch)
+                    self.ids.append(subscriber.id)
+                    self.names.append(names.setdefault(watch.name, (watch.name,)))
+        self.every = _WatchSet(range(len(self.watches)), self)
+        self.rising = _WatchSet(
+            (slot for slot, watch in enumerate(self.watches) if watch.rising is not None), self
+        )
 
     def __len__(self) -> int:
-        return len(self.slots)
+        return len(self.watches)
 
     def match_paper(self, paper: Paper, watches: _WatchSet, before: int | None, into: list[Match]) -> None:
         """Add the matches of one paper among `watches` (all, or the rising ones) to `into`."""
-        accepted, hits = watches.accepted(paper, before)
+        hits = watches.queries.match(index_paper(paper))
+        hits[watches.unqueried] = ()
+        first_group, checks, repeated = watches.first_group, watches.checks, watches.repeated
+        first_member, ids, names = watches.first_member, watches.ids, watches.names
+        # The matches are made column by column (see _make_matches): per accepted group, its
+        # members' ids and names, and what they share, with how many share it.
+        columns: tuple[list, list, list, list, list, list] = ([], [], [], [], [], [])
+        owners, watch_names, counts, scores, shown_hits, all_reasons = columns
+        accepted: list[tuple[list[str], int, int, str]] = []  # (owners, first position, query, reason)
+        seen: set[str] = set()
+        several: set[str] = set()  # subscribers with several watches matching: joined in one match
         # The hits of many queries are one shared tuple (see QueryIndex.match): its order and
         # score are worked out once, by its identity.
         shown: dict[int, tuple[tuple[Hit, ...], float]] = {}
-        for found in hits.values():
-            if id(found) not in shown:
-                # Query hits are unique, in (field order, start, end, term) order: sorted
-                # stably by field name, they are in the order _unique gives.
-                ordered = tuple(sorted(found, key=_field_name))
-                shown[id(found)] = (ordered, _score(paper, ordered))
-        # Subscribers with several watches matching: theirs are joined in one match, below.
-        owners = list(chain.from_iterable(group.owners for group, _, _ in accepted))
-        several = set()
-        if len(set(owners)) < len(owners):
-            several = {owner for owner, count in Counter(owners).items() if count > 1}
-        joined: defaultdict[int, list[tuple[int, int, str]]] = defaultdict(list)
-        make, add, add_all = _make_match, into.append, into.extend
-        for group, number, reason in accepted:
-            ordered, score = shown[id(hits[number])]
-            reasons = (reason,) if reason else ()
-            if several and not several.isdisjoint(group.owners):
-                for owner, subscriber_id, name, slot in group.members:
+        for number, found in hits.items():
+            for group in range(first_group[number], first_group[number + 1]):
+                watch = checks[group]
+                reason = "" if watch is None else watch_accepts(watch, paper, before)
+                if reason is None:
+                    continue
+                start, stop = first_member[group], first_member[group + 1]
+                members = ids[start:stop]
+                if not seen.isdisjoint(members):
+                    several.update(seen.intersection(members))
+                if group in repeated:
+                    several.update(repeated[group])
+                seen.update(members)
+                accepted.append((members, start, number, reason))
+                view = shown.get(id(found))
+                if view is None:
+                    # Query hits are unique, in (field order, start, end, term) order: sorted
+                    # stably by field name, they are in the order _unique gives.
+                    ordered = tuple(sorted(found, key=_field_name))
+                    view = shown[id(found)] = (ordered, _score(paper, ordered))
+                owners += members
+                watch_names += names[start:stop]
+                counts.append(stop - start)
+                scores.append(view[1])
+                shown_hits.append(view[0])
+                all_reasons.append((reason,) if reason else ())
+        made = _make_matches(paper, *columns)
+        # Those of subscribers with several watches matching are left out, with C-level maps.
+        into += compress(made, map(not_, map(several.__contains__, owners))) if several else made
+        joined: defaultdict[str, list[tuple[int, int, str]]] = defaultdict(list)
+        for members, start, number, reason in accepted if several else ():
+            if not several.isdisjoint(members):
+                for position, owner in enumerate(members, start):
                     if owner in several:
-                        joined[owner].append((slot, number, reason))
-                    else:
-                        add(make(subscriber_id, paper, name, score, ordered, reasons))
-            else:  # the common case: one match per member, made without a Python loop
-                add_all(
-                    map(
-                        make,
-                        group.ids,
-                        repeat(paper),
-                        group.names,
-                        repeat(score),
-                        repeat(ordered),
-                        repeat(reasons),
-                    )
-                )
-        for entries in joined.values():
+                        joined[owner].append((watches.slots[position], number, reason))
+        for subscriber_id, entries in joined.items():
             entries.sort()  # the watches in their order
-            watches_of = [self.slots[slot][1] for slot, _, _ in entries]
-            add(
+            into.append(
                 _combine(
-                    self.slots[entries[0][0]][0].id,
+                    subscriber_id,
                     paper,
-                    [watch.name for watch in watches_of],
+                    [self.watches[slot].name for slot, _, _ in entries],
                     [hit for _, number, _ in entries for hit in hits[number]],
                     [reason for _, _, reason in entries if reason],
                 )
@@ -268,7 +283,7 @@ def _collect(
 ) -> list[Match]:
     per_subscriber: dict[str, tuple[list[str], list[Hit], list[str]]] = {}
     for slot in sorted(slots):
-        subscriber, watch = index.slots[slot]
+        watch = index.watches[slot]
         if rising_only and watch.rising is None:
             continue
         reason = watch_accepts(watch, paper, before)
@@ -281,7 +296,7 @@ def _collect(
             if found is None:
                 continue
             hits = found
-        names, all_hits, reasons = per_subscriber.setdefault(subscriber.id, ([], [], []))
+        names, all_hits, reasons = per_subscriber.setdefault(index.ids[slot], ([], [], []))
         names.append(watch.name)
         all_hits.extend(hits)
         if reason:
@@ -325,13 +340,18 @@ def match_papers(
     upvotes_before = upvotes_before or {}
     found: list[Match] = []
     with _cycles_not_collected():
-        for group, watches in ((papers, index.every), (risers, index.rising)):
+        work = [
+            (paper, watches)
+            for group, watches in ((papers, index.every), (risers, index.rising))
+            for paper in group
+        ]
+        # In _rank's order, by stable sorts on one plain key each: several times faster than one
+        # sort on tuples, which compares them item by item in Python's generic way. The papers
+        # are matched in the order of their ids, so their matches come in that order.
+        work.sort(key=lambda job: job[0].id)
+        for paper, watches in work:
             if watches:
-                for paper in group:
-                    index.match_paper(paper, watches, upvotes_before.get(paper.id), found)
-        # In _rank's order, by three stable sorts on one plain key each: several times faster
-        # than one sort on tuples, which compares them item by item in Python's generic way.
-        found.sort(key=_paper_id)
+                index.match_paper(paper, watches, upvotes_before.get(paper.id), found)
         found.sort(key=_score_of, reverse=True)  # reverse keeps equal scores in paper order
         found.sort(key=_subscriber_id)
     return found
@@ -346,7 +366,7 @@ def match_naively(
     """The same result by testing every watch against every paper: the baseline, and the oracle."""
     upvotes_before = upvotes_before or {}
     matches: list[Match] = []
-    every = range(len(index.slots))
+    every = range(len(index))
     for group, rising_only in ((papers, False), (risers, True)):
         for paper in group:
             text = index_paper(paper)

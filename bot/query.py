@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -613,9 +613,10 @@ class QueryIndex:
     The words, prefixes and phrases of every query (its leaves) are filed under what a paper
     must hold for them to be found: a word, a prefix, the first two words of a phrase, each
     in the fields it is looked for in. A paper's own words find the leaves it contains; those
-    leaves, the queries that are one of them alone and the larger queries anchored on them
-    (see `_anchor_leaves`); only those, and pure negations, are evaluated, and each leaf is
-    matched once however many queries share it. `match` gives what `match_query` gives.
+    leaves, the queries made of them alone or ORed, which match outright, and the larger
+    queries anchored on them (see `_anchor_leaves`); only those, and pure negations, are
+    evaluated, and each leaf is matched once however many queries share it. `match` gives
+    what `match_query` gives.
     """
 
     def __init__(self, queries: Iterable[Node]):
@@ -625,21 +626,27 @@ class QueryIndex:
             for leaf in _leaves(query):
                 numbers.setdefault(leaf, len(numbers))
         self._leaves = tuple(numbers)
-        alone: list[list[int]] = [[] for _ in self._leaves]  # leaf -> the queries that are just it
+        # A query that is a leaf, or leaves ORed, matches wherever one of them is found: those
+        # are found by set operations alone (see `match`), the others are evaluated.
+        either: list[list[int]] = [[] for _ in self._leaves]  # leaf -> the queries of leaves ORed with it
         anchored: list[list[int]] = [[] for _ in self._leaves]  # leaf -> larger queries anchored on it
         self._unanchored: list[int] = []
-        self._larger: dict[int, _Larger] = {}
+        self._larger: list[_Larger | None] = [None] * len(self.queries)  # by number; None: a leaf alone
         for number, query in enumerate(self.queries):
             if isinstance(query, Term | Phrase):
-                alone[numbers[query]].append(number)
+                either[numbers[query]].append(number)
                 continue
-            self._larger[number] = _Larger.of(query, numbers)
+            larger = self._larger[number] = _Larger.of(query, numbers)
+            if larger.kind == "any":
+                for leaf in larger.leaves:
+                    either[leaf].append(number)
+                continue
             anchors = _anchor_leaves(query)
             if anchors is None:
                 self._unanchored.append(number)
             for leaf in anchors or ():
                 anchored[numbers[leaf]].append(number)
-        self._alone = tuple(tuple(found) for found in alone)
+        self._either = tuple(tuple(found) for found in either)
         self._anchored = tuple(tuple(found) for found in anchored)
         # Per field, the leaves looked for in it: by word, by prefix, by the first two or three
         # words of a phrase. Found so, a leaf is in the paper, but for a phrase of four words
@@ -665,6 +672,13 @@ class QueryIndex:
                     self._prefix_lengths[field].add(len(leaf.word))
                 else:
                     self._words[field].setdefault(leaf.word, []).append(number)
+        # As tuples, one per distinct list: the default fields mostly file the same leaves.
+        shared: dict[tuple[int, ...], tuple[int, ...]] = {}
+        for table in (self._words, self._prefixes, self._phrases):
+            for by_key in table.values():
+                for key, numbers_of in by_key.items():
+                    found = tuple(numbers_of)
+                    by_key[key] = shared.setdefault(found, found)  # type: ignore[assignment]
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -713,20 +727,34 @@ class QueryIndex:
                 hits = leaf_hits[number] = _sorted_hits(_match_leaf(leaves[number], text) or [])
             return hits
 
+        joined: dict[frozenset[int], tuple[Hit, ...]] = {}  # the hits of several leaves together
+
+        def hits_of_all(sources: Collection[int]) -> tuple[Hit, ...]:
+            key = frozenset(sources)
+            hits = joined.get(key)
+            if hits is None:
+                hits = joined[key] = _sorted_hits([hit for leaf in sources for hit in hits_of(leaf)])
+            return hits
+
         matched: dict[int, tuple[Hit, ...]] = {}
         candidates = set(self._unanchored)
-        alone, anchored = self._alone, self._anchored
+        either, anchored, larger = self._either, self._anchored, self._larger
+        seen: set[int] = set()
+        several: set[int] = set()  # ORs of which several leaves are found
         for number in found:
-            if alone[number]:
-                matched.update(dict.fromkeys(alone[number], hits_of(number)))
+            if queries := either[number]:
+                if not seen.isdisjoint(queries):
+                    several.update(seen.intersection(queries))
+                seen.update(queries)
+                matched.update(dict.fromkeys(queries, hits_of(number)))
             candidates.update(anchored[number])
-        larger = self._larger
-        joined: dict[frozenset[int], tuple[Hit, ...]] = {}  # the hits of several leaves together
+        for number in several:
+            matched[number] = hits_of_all(larger[number].sources(found))  # type: ignore[union-attr,arg-type]
         for number in candidates:
             query = larger[number]
-            if not query.required <= found:
+            if not found.issuperset(query.required):  # type: ignore[union-attr]
                 continue
-            sources = query.sources(found)
+            sources = query.sources(found)  # type: ignore[union-attr]
             if not sources:
                 if sources is not None:  # a pure negation
                     matched[number] = ()
@@ -734,10 +762,7 @@ class QueryIndex:
             if len(sources) == 1:
                 matched[number] = hits_of(next(iter(sources)))
                 continue
-            hits = joined.get(sources)
-            if hits is None:
-                hits = joined[sources] = _sorted_hits([hit for leaf in sources for hit in hits_of(leaf)])
-            matched[number] = hits
+            matched[number] = hits_of_all(sources)
         return matched
 
 
@@ -752,31 +777,33 @@ class _Larger:
     """
 
     kind: str  # "all" (leaves and -leaves, ANDed), "any" (leaves ORed), or "tree" (any other)
-    required: frozenset[int]
-    leaves: frozenset[int]  # "all": the leaves it excludes; "any": its leaves
+    # Tuples, not frozensets: a frozenset takes 216 bytes however small, and there are a few
+    # hundred thousand of these; set methods take a tuple as well.
+    required: tuple[int, ...]  # sorted: a key for the hits of these leaves together
+    leaves: tuple[int, ...]  # "all": the leaves it excludes; "any": its leaves
     tree: _Compiled | None = None
 
     @classmethod
     def of(cls, query: Node, numbers: Mapping[Leaf, int]) -> _Larger:
-        required = frozenset(numbers[leaf] for leaf in _required_leaves(query))
+        required = tuple(sorted({numbers[leaf] for leaf in _required_leaves(query)}))
         if isinstance(query, And) and all(
             isinstance(child, Term | Phrase)
             or (isinstance(child, Not) and isinstance(child.child, Term | Phrase))
             for child in query.children
         ):
-            excluded = frozenset(numbers[child.child] for child in query.children if isinstance(child, Not))
-            return cls("all", required, excluded)
+            excluded = {numbers[child.child] for child in query.children if isinstance(child, Not)}
+            return cls("all", required, tuple(sorted(excluded)))
         if isinstance(query, Or) and all(isinstance(child, Term | Phrase) for child in query.children):
-            return cls("any", required, frozenset(numbers[child] for child in query.children))
-        return cls("tree", required, frozenset(), _compile(query, numbers))
+            return cls("any", required, tuple(sorted({numbers[child] for child in query.children})))
+        return cls("tree", required, (), _compile(query, numbers))
 
-    def sources(self, found: set[int]) -> frozenset[int] | None:
+    def sources(self, found: set[int]) -> Collection[int] | None:
         """None if the query does not match a paper that contains the leaves `found` (and the
         required ones); else the leaves whose hits are its hits (none for a pure negation)."""
         if self.kind == "all":
-            return self.required if self.leaves.isdisjoint(found) else None
+            return self.required if found.isdisjoint(self.leaves) else None
         if self.kind == "any":
-            return self.leaves.intersection(found) or None
+            return found.intersection(self.leaves) or None
         sources = _sources(self.tree, found)  # type: ignore[arg-type]
         return None if sources is None else frozenset(sources)
 

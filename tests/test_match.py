@@ -67,6 +67,18 @@ def test_a_paper_matched_by_several_watches_is_one_match_naming_them_all():
     assert any(msa[0].paper.title[h.start : h.end].lower() == "sparse attention" for h in title_hits)
 
 
+def test_two_watches_alike_of_one_subscriber_make_one_match_naming_both():
+    papers = real_papers()
+    twice = subscriber("twice", watch("first", "attention"), watch("second", "attention"))
+    other = subscriber("other", watch("same", "attention"))
+    index = WatchIndex([twice, other])
+    found = match_papers(papers, index)
+    assert found == match_naively(papers, index)
+    mine = [m for m in found if m.subscriber_id == "twice"]
+    assert mine and all(m.watches == ("first", "second") for m in mine)
+    assert len(mine) == len({m.paper.id for m in mine}) == sum(m.subscriber_id == "other" for m in found)
+
+
 def test_matches_are_per_subscriber_ranked_by_score_and_paused_ones_get_nothing():
     papers = real_papers()
     bob = subscriber("bob", watch("agents", "agent*"))
