@@ -418,14 +418,11 @@ def _tidy_text(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n") + "\n"
 
 
+@lru_cache(maxsize=_CARDS_CACHED)
 def _card_html(environment: jinja2.Environment, card: PaperCard) -> str:
     """One card's HTML with its CSS inlined: rendered and inlined once, alone in a page with the
-    digest's style sheet (no rule of which depends on what is around a card)."""
-    return _cached_card_html(environment, dataclasses.replace(card, rank=0) if card.rank else card)
-
-
-@lru_cache(maxsize=_CARDS_CACHED)
-def _cached_card_html(environment: jinja2.Environment, card: PaperCard) -> str:
+    digest's style sheet (no rule of which depends on what is around a card). The HTML shows
+    no rank: pass the card of rank 0, which every digest showing it shares."""
     css = environment.get_template("digest.css.j2").render()
     rows = environment.get_template("card.html.j2").render(p=card)
     page = (
@@ -444,14 +441,15 @@ def _card_text(environment: jinja2.Environment, card: PaperCard) -> str:
 
 def forget_cards() -> None:
     """Drop every card kept rendered (a benchmark of a cold start calls this)."""
-    for cache in (_card_of, _cached_card_html, _card_text):
+    for cache in (_card_of, _card_html, _card_text):
         cache.cache_clear()
 
 
 def render_digest(digest: Digest, environment: jinja2.Environment | None = None) -> RenderedDigest:
     """The subject, HTML (CSS inlined, under MAX_HTML_BYTES) and plain text of `digest`."""
     environment = environment or _default_environment()
-    cards = [paper_card(match, rank) for rank, match in enumerate(digest.matches, 1)]
+    shared = [paper_card(match, 0) for match in digest.matches]  # cached: one per distinct card
+    cards = [dataclasses.replace(card, rank=rank) for rank, card in enumerate(shared, 1)]
     subscriber = digest.subscriber
     schedule = getattr(subscriber.schedule, "text", str(subscriber.schedule))
 
@@ -477,7 +475,7 @@ def render_digest(digest: Digest, environment: jinja2.Environment | None = None)
         parts = page.split(_CARDS_HERE)
         if len(parts) != 2:
             raise RuntimeError(f"digest.html.j2 must place {{{{ cards | safe }}}} once ({digest.period})")
-        html = parts[0] + "".join(_card_html(environment, card) for card in cards[:shown]) + parts[1]
+        html = parts[0] + "".join(_card_html(environment, card) for card in shared[:shown]) + parts[1]
         html = html.rstrip() + "\n"
         size = len(html.encode("utf-8"))
         if size <= MAX_HTML_BYTES or shown == 0:
