@@ -255,17 +255,7 @@ Compose = Callable[[DigestPlan, tuple[Match, ...], int], tuple[bytes, str, str]]
 def reserve_digest(store: Store, plan: DigestPlan, compose: Compose, now: datetime) -> Delivery:
     """Put a planned digest in the ledger with its papers, then its rendered message."""
     shown = plan.matches[: plan.subscriber.max_papers]
-    delivery = store.reserve_delivery(
-        subscriber_id=plan.subscriber.id,
-        channel=plan.channel.name,
-        kind=plan.channel.kind,
-        period=plan.period.key,
-        recipient=plan.channel.target,
-        paper_ids=[m.paper.id for m in shown],
-        window_start=plan.window_start,
-        window_end=plan.window_end,
-        now=now,
-    )
+    delivery = _reserve(store, plan, [m.paper.id for m in shown], now)
     if delivery.state != "new":
         return delivery  # another process made it first
     # Render exactly the papers the ledger reserved (a racing digest may have taken some).
@@ -277,20 +267,25 @@ def reserve_digest(store: Store, plan: DigestPlan, compose: Compose, now: dateti
     return store.get_delivery(delivery.id)
 
 
-def close_period(store: Store, skip: Skip, now: datetime) -> None:
-    """Record a period that had nothing to send as skipped (see `Skip`)."""
-    plan = skip.closes
-    delivery = store.reserve_delivery(
+def _reserve(store: Store, plan: DigestPlan, paper_ids: list[str], now: datetime) -> Delivery:
+    """The ledger row of a planned digest, with `paper_ids` reserved (or the row already there)."""
+    return store.reserve_delivery(
         subscriber_id=plan.subscriber.id,
         channel=plan.channel.name,
         kind=plan.channel.kind,
         period=plan.period.key,
         recipient=plan.channel.target,
-        paper_ids=[],
+        paper_ids=paper_ids,
         window_start=plan.window_start,
         window_end=plan.window_end,
         now=now,
     )
+
+
+def close_period(store: Store, skip: Skip, now: datetime) -> None:
+    """Record a period that had nothing to send as skipped (see `Skip`)."""
+    plan = skip.closes
+    delivery = _reserve(store, plan, [], now)
     store.mark_skipped(delivery.id, skip.reason)
 
 
