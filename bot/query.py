@@ -13,7 +13,7 @@ compare names, so they keep plurals apart (author:William does not find "William
 
 `parse_query` gives a tree of `Term`, `Phrase`, `And`, `Or`, `Not` and raises `QueryError`
 with a caret under the problem. `index_paper` makes a paper searchable once; `match_query`
-then says which words made a query match it. `anchor_terms` lets a matcher skip the queries
+then says which words made a query match it. `anchor_leaves` and `QueryIndex` let a matcher skip the queries
 that cannot match a paper (see bot.match).
 """
 
@@ -41,7 +41,7 @@ __all__ = [
     "PaperText",
     "Phrase",
     "Term",
-    "anchor_terms",
+    "anchor_leaves",
     "format_query",
     "index_paper",
     "match_query",
@@ -412,7 +412,6 @@ class PaperText:
 
     fields: Mapping[str, FieldIndex]
     texts: Mapping[str, str]  # field -> the text that Hit offsets index (list items joined by "; ")
-    terms: frozenset[str]  # every folded and plain form in any field: what anchor_terms are looked up in
 
 
 def index_paper(paper: Paper) -> PaperText:
@@ -428,11 +427,9 @@ def index_paper(paper: Paper) -> PaperText:
         "org": organization,
     }
     fields = {field: _index_field(values, field not in NAME_FIELDS) for field, values in items.items()}
-    terms = frozenset().union(*(index.forms for index in fields.values()))
     return PaperText(
         fields=MappingProxyType(fields),
         texts=MappingProxyType({field: index.text for field, index in fields.items()}),
-        terms=terms,
     )
 
 
@@ -522,41 +519,7 @@ def match_query(node: Node, text: PaperText) -> tuple[Hit, ...] | None:
     return None if hits is None else _sorted_hits(hits)
 
 
-# -- anchors ---------------------------------------------------------------------------------
-
-
-def _rarity(anchors: frozenset[str]) -> tuple[int, int, int]:
-    # Fewer entries first, exact words before prefixes, then the longest shortest word.
-    return (len(anchors), sum(a.endswith("*") for a in anchors), -min(len(a) for a in anchors))
-
-
-def anchor_terms(node: Node) -> frozenset[str] | None:
-    """Terms one of which every matching paper contains (a prefix ends in *), or None if there are none.
-
-    For indexing stored queries: a paper need only be tested against the queries anchored on
-    one of its `PaperText.terms`, plus the unanchored ones.
-    """
-    if isinstance(node, Term):
-        return frozenset({node.word + "*" if node.prefix else node.word})
-    if isinstance(node, Phrase):
-        return frozenset({max(node.words, key=len)})
-    if isinstance(node, Not):
-        return None
-    if isinstance(node, And):
-        options = [found for child in node.children if (found := anchor_terms(child)) is not None]
-        return min(options, key=_rarity) if options else None
-    if isinstance(node, Or):
-        union: set[str] = set()
-        for child in node.children:
-            found = anchor_terms(child)
-            if found is None:
-                return None
-            union |= found
-        return frozenset(union)
-    raise TypeError(f"not a query node: {node!r}")
-
-
-# -- many queries at once --------------------------------------------------------------------
+# -- many queries at once: anchors and the index ------------------------------------------
 
 Leaf = Term | Phrase
 
@@ -583,19 +546,22 @@ def _commonness(leaf: Leaf) -> float:
     return kind + 1 / (1 + length)
 
 
-def _anchor_leaves(node: Node) -> frozenset[Leaf] | None:
-    """Leaves one of which is found in every paper the query matches, or None (a pure negation)."""
+def anchor_leaves(node: Node) -> frozenset[Leaf] | None:
+    """Leaves (words, prefixes, phrases) one of which every paper the query matches contains, or
+    None for a pure negation: for indexing stored queries (`QueryIndex`), a paper need only be
+    tried on the queries anchored on a leaf it holds, plus the unanchored ones. An AND is
+    anchored on its rarest-looking part (see `_commonness`)."""
     if isinstance(node, Term | Phrase):
         return frozenset({node})
     if isinstance(node, Not):
         return None
     if isinstance(node, And):
-        options = [found for child in node.children if (found := _anchor_leaves(child)) is not None]
+        options = [found for child in node.children if (found := anchor_leaves(child)) is not None]
         return min(options, key=lambda leaves: sum(map(_commonness, leaves))) if options else None
     if isinstance(node, Or):
         union: set[Leaf] = set()
         for child in node.children:
-            found = _anchor_leaves(child)
+            found = anchor_leaves(child)
             if found is None:
                 return None
             union |= found
@@ -614,7 +580,7 @@ class QueryIndex:
     must hold for them to be found: a word, a prefix, the first two words of a phrase, each
     in the fields it is looked for in. A paper's own words find the leaves it contains; those
     leaves, the queries made of them alone or ORed, which match outright, and the larger
-    queries anchored on them (see `_anchor_leaves`); only those, and pure negations, are
+    queries anchored on them (see `anchor_leaves`); only those, and pure negations, are
     evaluated, and each leaf is matched once however many queries share it. `match` gives
     what `match_query` gives.
     """
@@ -641,7 +607,7 @@ class QueryIndex:
                 for leaf in larger.leaves:
                     either[leaf].append(number)
                 continue
-            anchors = _anchor_leaves(query)
+            anchors = anchor_leaves(query)
             if anchors is None:
                 self._unanchored.append(number)
             for leaf in anchors or ():
