@@ -17,7 +17,7 @@ from email.utils import format_datetime, make_msgid
 
 from bot.config import Settings
 from bot.errors import SubscriptionError
-from bot.message import POLICY
+from bot.message import POLICY, email_bytes
 from bot.store import Store, format_time
 
 __all__ = ["OPERATOR", "check_alerts", "problems"]
@@ -107,7 +107,7 @@ def _queue_mail(store: Store, settings: Settings, line: str, now: datetime) -> N
     if delivery.state == "new":
         store.attach_message(
             delivery.id,
-            message=message.as_bytes(policy=POLICY),
+            message=email_bytes(message),
             message_id=message["Message-ID"],
             subject=line,
         )

@@ -2,8 +2,7 @@
 
     links = digest_links(settings, subscriber.id, period, now=now)
     digest = build_digest(subscriber, matches, generated_at=now, links=links, period=period)
-    message = compose_email(digest, render_digest(digest), settings)
-    smtp.sendmail(sender, [recipient], email_bytes(message))
+    smtp.sendmail(sender, [recipient], email_data(digest, render_digest(digest), settings))
 
 Headers: From, To, Subject, Date (when the digest was made, so a retry sends the same
 bytes), a Message-ID derived from the digest's identity (subscriber, channel, period: a
@@ -28,13 +27,13 @@ from __future__ import annotations
 
 import binascii
 import email
+import email.policy
 import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import base64mime
 from email.message import EmailMessage
-from email.policy import EmailPolicy
 from email.utils import format_datetime, formataddr, parseaddr
 from urllib.parse import quote
 
@@ -47,7 +46,6 @@ __all__ = [
     "MAX_LINE",
     "POLICY",
     "MessageSettings",
-    "compose_email",
     "digest_links",
     "email_bytes",
     "email_data",
@@ -55,32 +53,14 @@ __all__ = [
 ]
 
 MAX_LINE = 998  # RFC 5322: a line longer than this (without its CRLF) is refused by real servers
-_VERBATIM = frozenset({"list-unsubscribe"})
 _ADDRESS = re.compile(r'[^@\s<>,;:"()\[\]\\]+@[^@\s<>,;:"()\[\]\\]+')
 _FROM_LINE = re.compile(rb"^From ", re.M)
 _WORD_BYTES = 42  # "=?utf-8?b?" + base64 of 42 bytes (56) + "?=": 68 characters (RFC 2047: 75)
 
 
-class _DigestPolicy(EmailPolicy):
-    """policy=SMTP (CRLF, lines folded at 78), except that List-Unsubscribe is folded only between
-    its URLs: the stdlib would fold a long URL into RFC 2047 encoded-words, which no client reads back."""
-
-    def _verbatim(self, name: str, value: str) -> str:
-        parts = [part.strip() for part in str(value).split(",")]
-        return f"{name}: " + ("," + self.linesep + " ").join(parts) + self.linesep
-
-    def fold(self, name, value):
-        if name.lower() in _VERBATIM:
-            return self._verbatim(name, value)
-        return super().fold(name, value)
-
-    def fold_binary(self, name, value):
-        if name.lower() in _VERBATIM:
-            return self._verbatim(name, value).encode("ascii")
-        return super().fold_binary(name, value)
-
-
-POLICY = _DigestPolicy(linesep="\r\n")
+# For the other mails paperbot writes with EmailMessage (sign-up, operator alerts): CRLF,
+# lines folded at 78. Digests are written by email_data.
+POLICY = email.policy.SMTP
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,14 +138,6 @@ def _recipient(digest: Digest, to: str | None) -> str:
     if digest.subscriber.email:
         return digest.subscriber.email
     raise ValueError(f"{digest.subscriber.id} has no email channel named {digest.channel!r}")
-
-
-def compose_email(
-    digest: Digest, rendered: RenderedDigest, settings: MessageSettings, *, to: str | None = None
-) -> EmailMessage:
-    """The digest as a multipart/alternative email to `to` (default: the digest channel's address):
-    the bytes of `email_data`, parsed back."""
-    return email.message_from_bytes(email_data(digest, rendered, settings, to=to), policy=POLICY)
 
 
 def email_data(

@@ -18,7 +18,7 @@ import pytest
 from bot.captures import read_capture
 from bot.errors import SettingsError
 from bot.match import Match, WatchIndex, match_papers
-from bot.message import MessageSettings, compose_email, digest_links, email_bytes, email_data, message_id
+from bot.message import MessageSettings, digest_links, email_bytes, email_data, message_id
 from bot.models import Paper
 from bot.render import build_digest, digest_period, render_digest
 from bot.subscriptions import read_subscription
@@ -266,7 +266,7 @@ def test_the_recipient_comes_from_the_digest_channel_or_is_given(tmp_path):
 
 def test_settings_name_the_key_to_fix():
     with pytest.raises(SettingsError, match="mail.from"):
-        compose_email(
+        email_data(
             alice_digest(),
             render_digest(alice_digest()),
             MessageSettings("paperbot", "https://x.example", "s"),
