@@ -63,10 +63,14 @@ class SmtpRecorder:
 
     `replies` scripts the answers to the next messages' DATA: "451 4.3.0 later", "550 5.1.1
     no such user", or "drop" (close the connection before answering the final dot, as a
-    crash mid-DATA does); once they run out, every message gets 250.
+    crash mid-DATA does); once they run out, every message gets 250. `rcpt_replies` answers
+    RCPT TO for the addresses it names ("451 4.7.1 greylisted"). It offers PIPELINING, as
+    Postfix and the big providers do, unless made with `pipelining=False`.
     """
 
-    def __init__(self):
+    def __init__(self, pipelining: bool = True):
+        self.pipelining = pipelining
+        self.rcpt_replies: dict[str, str] = {}
         self.replies: list[str] = []
         self.messages: list[tuple[str, list[str], bytes]] = []
         self.sessions = 0
@@ -75,7 +79,16 @@ class SmtpRecorder:
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         self.sessions += 1
         session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
         return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.rcpt_replies.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         if self.delay:
@@ -100,11 +113,12 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def smtp_server():
-    """A real SMTP server on 127.0.0.1; `.port`, `.handler.messages`, `.handler.replies`."""
+def smtp_server(request):
+    """A real SMTP server on 127.0.0.1; `.port`, `.handler.messages`, `.handler.replies`.
+    Parametrize it indirectly with "no pipelining" for a server that does not offer PIPELINING."""
     from aiosmtpd.controller import Controller
 
-    handler = SmtpRecorder()
+    handler = SmtpRecorder(pipelining=getattr(request, "param", "pipelining") == "pipelining")
     controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     controller.handler = handler

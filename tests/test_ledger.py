@@ -6,6 +6,7 @@ did not take is tried again and arrives once, a dead address stops being tried.
 
 from __future__ import annotations
 
+import dataclasses
 import email
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +18,9 @@ from bot.errors import PermanentError, TransientError
 from bot.store import open_store
 
 T0 = datetime(2026, 6, 12, 8, 0, tzinfo=UTC)
+# Each SMTP test runs against a server that offers PIPELINING (paperbot sends MAIL, RCPT and
+# DATA in one write) and one that does not (smtplib's one command at a time).
+BOTH_SERVERS = pytest.mark.parametrize("smtp_server", ["pipelining", "no pipelining"], indirect=True)
 MESSAGE = (
     b"From: paperbot <papers@example.org>\r\nTo: alice@example.org\r\nSubject: 2 papers\r\n"
     b"Message-ID: <paperbot.1@example.org>\r\n\r\nhello\r\n"
@@ -110,6 +114,7 @@ def test_the_record_of_a_send_waits_for_the_disk_and_the_rest_does_not(ledger):
 # -- SMTP, against a real server on 127.0.0.1 --------------------------------------------------
 
 
+@BOTH_SERVERS
 def test_smtp_sends_the_stored_bytes_over_one_connection(ledger, smtp_server):
     a, b = reserve(ledger, "alice"), reserve(ledger, "bob")
     sender = smtp(smtp_server)
@@ -123,6 +128,7 @@ def test_smtp_sends_the_stored_bytes_over_one_connection(ledger, smtp_server):
     assert smtp_server.handler.sessions == 1
 
 
+@BOTH_SERVERS
 @pytest.mark.parametrize(
     ("reply", "error", "says"),
     [
@@ -139,6 +145,34 @@ def test_smtp_replies_sort_into_transient_and_permanent(ledger, smtp_server, rep
     sender.send(reserve(ledger, "bob"))  # the same sender goes on (reconnecting after a drop)
     sender.close()
     assert [to for _, to, _ in smtp_server.handler.messages] == [["bob@example.org"]]
+
+
+@BOTH_SERVERS
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [("451 4.7.1 greylisted, try again later", TransientError), ("550 5.1.1 no such user", PermanentError)],
+)
+def test_a_recipient_refused_at_rcpt_is_sorted_and_the_connection_goes_on(ledger, smtp_server, reply, error):
+    smtp_server.handler.rcpt_replies = {"alice@example.org": reply}
+    sender = smtp(smtp_server)
+    with pytest.raises(error, match=f"refused alice@example.org: {reply[:3]}"):
+        sender.send(reserve(ledger))
+    sender.send(reserve(ledger, "bob"))
+    sender.close()
+    assert [to for _, to, _ in smtp_server.handler.messages] == [["bob@example.org"]]
+    assert smtp_server.handler.sessions == 1
+
+
+@BOTH_SERVERS
+def test_lines_starting_with_a_dot_arrive_unchanged(ledger, smtp_server):
+    body = b".\r\n..two\r\n.three\r\nend"  # no CRLF at the end: the sender adds it
+    message = MESSAGE.replace(b"hello\r\n", body)
+    delivery = reserve(ledger)
+    sender = smtp(smtp_server)
+    sender.send(dataclasses.replace(delivery, message=message))
+    sender.close()
+    ((_, _, data),) = smtp_server.handler.messages
+    assert data.split(b"\r\n\r\n", 1)[1] == body + b"\r\n"
 
 
 def test_an_unreachable_server_is_transient(ledger):
@@ -170,6 +204,7 @@ def test_the_outbox_writes_one_file_per_digest_and_a_retry_rewrites_it(ledger, t
 # -- sending what is due: retries, permanent failures, suppression ------------------------------
 
 
+@BOTH_SERVERS
 def test_451_then_250_is_retried_later_and_arrives_once(ledger, smtp_server):
     delivery = reserve(ledger)
     smtp_server.handler.replies = ["451 4.3.0 greylisted"]
@@ -190,6 +225,7 @@ def test_451_then_250_is_retried_later_and_arrives_once(ledger, smtp_server):
     assert ledger.get_delivery(delivery.id).state == "sent"
 
 
+@BOTH_SERVERS
 def test_a_dropped_connection_mid_data_is_sent_again_with_the_same_message_id(ledger, smtp_server):
     reserve(ledger)
     smtp_server.handler.replies = ["drop"]
@@ -203,6 +239,7 @@ def test_a_dropped_connection_mid_data_is_sent_again_with_the_same_message_id(le
     assert email.message_from_bytes(body)["Message-ID"] == "<paperbot.1@example.org>"
 
 
+@BOTH_SERVERS
 def test_550_fails_for_good_and_repeated_failures_suppress_the_address(ledger, smtp_server):
     policy = RetryPolicy(suppress_after=2)
     smtp_server.handler.replies = ["550 5.1.1 no such user"]

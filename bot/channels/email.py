@@ -24,6 +24,7 @@ __all__ = ["OutboxSender", "SmtpSender"]
 log = logging.getLogger(__name__)
 
 SECURITY = ("starttls", "tls", "none")
+_LEADING_DOT = re.compile(rb"^\.", re.M)
 
 
 def _reply_error(code: int, text: bytes | str, what: str) -> TransientError | PermanentError:
@@ -102,7 +103,7 @@ class SmtpSender:
         if self._smtp is None:
             self._smtp = self._connect()
         try:
-            refused = self._smtp.sendmail(self.sender, [delivery.recipient], delivery.message)
+            refused = self._transact(self._smtp, delivery.recipient, delivery.message)
         except smtplib.SMTPRecipientsRefused as error:
             self._reset()
             code, text = next(iter(error.recipients.values()))
@@ -122,6 +123,40 @@ class SmtpSender:
         if refused:  # only some recipients refused; we send to one, so this is that one
             code, text = next(iter(refused.values()))
             raise _reply_error(code, text, f"the server refused {delivery.recipient}")
+
+    def _transact(self, smtp: smtplib.SMTP, recipient: str, data: bytes) -> dict:
+        """One message: MAIL, RCPT, DATA. When the server offers PIPELINING (RFC 2920; Postfix,
+        Exim and the big providers do), the three commands go out in one write and their replies
+        are read together: two round trips a message instead of smtplib's four, and none of its
+        per-line rewriting of bytes that are already CRLF. Replies raise what smtplib.sendmail
+        raises, so both paths end the same way."""
+        smtp.ehlo_or_helo_if_needed()
+        if not smtp.has_extn("pipelining"):
+            return smtp.sendmail(self.sender, [recipient], data)
+        size = f" SIZE={len(data)}" if smtp.has_extn("size") else ""
+        commands = (
+            f"MAIL FROM:{smtplib.quoteaddr(self.sender)}{size}\r\n"
+            f"RCPT TO:{smtplib.quoteaddr(recipient)}\r\n"
+            "DATA\r\n"
+        )
+        smtp.send(commands.encode("ascii"))
+        mail, rcpt, go = smtp.getreply(), smtp.getreply(), smtp.getreply()
+        if go[0] == 354 and (mail[0] != 250 or rcpt[0] not in (250, 251)):
+            smtp.send(b".\r\n")  # a server that says 354 without a recipient gets an empty message
+            smtp.getreply()
+        if mail[0] != 250:
+            raise smtplib.SMTPSenderRefused(mail[0], mail[1], self.sender)
+        if rcpt[0] not in (250, 251):
+            raise smtplib.SMTPRecipientsRefused({recipient: rcpt})
+        if go[0] != 354:
+            raise smtplib.SMTPDataError(*go)
+        if data.startswith(b".") or b"\n." in data:
+            data = _LEADING_DOT.sub(b"..", data)  # dot-stuffing (RFC 5321 4.5.2)
+        smtp.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
+        code, text = smtp.getreply()
+        if code != 250:
+            raise smtplib.SMTPDataError(code, text)
+        return {}
 
     def _reset(self) -> None:
         try:
