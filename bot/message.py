@@ -32,9 +32,9 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email import base64mime
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, parseaddr
+from functools import lru_cache
 from urllib.parse import quote
 
 from bot.errors import SettingsError
@@ -75,7 +75,7 @@ class MessageSettings:
 
     @property
     def sender_address(self) -> str:
-        address = parseaddr(self.sender)[1]
+        address = _parsed(self.sender)[1]
         if "@" not in address or not address.rpartition("@")[2]:
             raise SettingsError(
                 f"mail.from: {self.sender!r} is not an address: write e.g. 'paperbot <digest@example.org>'"
@@ -101,6 +101,12 @@ class MessageSettings:
                 f"web.base_url: {self.base_url!r} is not a URL: write e.g. https://paperbot.example.org"
             )
         return self.base_url.rstrip("/")
+
+
+@lru_cache(maxsize=16)
+def _parsed(sender: str) -> tuple[str, str]:
+    """(name, address) of mail.from, parsed once: every digest asks several times."""
+    return parseaddr(sender)
 
 
 def digest_links(settings: MessageSettings, subscriber_id: str, period: str, *, now: datetime) -> DigestLinks:
@@ -155,13 +161,14 @@ def email_data(
     parser.
     """
     subscriber = digest.subscriber
-    unsubscribe_token = make_token(settings.secret, "unsubscribe", subscriber.id, now=digest.generated_at)
+    # The token of the https link (bot.message.digest_links made it): the same in both.
+    unsubscribe_token = digest.unsubscribe_url.rpartition("/")[2]
     mailto = f"mailto:{settings.unsubscribe_address}?subject={quote('unsubscribe ' + unsubscribe_token)}"
     identity = message_id(digest.identity, settings.domain)
     # A boundary from the identity, not random: a retried send is the same bytes. "=_" never
     # occurs in quoted-printable text, so the boundary cannot collide with a body line.
     boundary = "=_" + identity[1:].split("@", 1)[0]
-    sender_name, sender_address = parseaddr(settings.sender)
+    sender_name, sender_address = _parsed(settings.sender)
     headers = [
         _header("From", _address(sender_name, sender_address)),
         _header("To", _address(subscriber.name, _recipient(digest, to))),
@@ -177,18 +184,19 @@ def email_data(
         _header("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
     ]
     delimiter = f"--{boundary}\r\n".encode("ascii")
+    head = "".join(headers).encode("ascii")
+    _check_lines(head)
     data = b"".join(
         [
-            "".join(headers).encode("ascii"),
+            head,
             b"\r\n",
             delimiter,
-            _text_part("plain", rendered.text),
+            _text_part("plain", rendered.text, rendered.text_parts),
             b"\r\n" + delimiter,
-            _text_part("html", rendered.html),
+            _text_part("html", rendered.html, rendered.html_parts),
             f"\r\n--{boundary}--\r\n".encode("ascii"),
         ]
     )
-    _check_lines(data)
     return data
 
 
@@ -237,31 +245,62 @@ def _encoded_words(value: str) -> str:
 
     email.header.Header does this too, but its folding measured every candidate line again
     and again: a third of the time of a whole message."""
-    words: list[str] = []
-    chunk: list[str] = []
-    size = 0
-    for character in value:
-        width = len(character.encode("utf-8"))
-        if size + width > _WORD_BYTES:
-            cut = len(chunk) - chunk[::-1].index(" ") if " " in chunk else len(chunk)
-            words.append(base64mime.header_encode("".join(chunk[:cut]), "utf-8"))
-            chunk = chunk[cut:]
-            size = len("".join(chunk).encode("utf-8"))
-        chunk.append(character)
-        size += width
-    words.append(base64mime.header_encode("".join(chunk), "utf-8"))
-    return "\r\n ".join(words)
+    data = value.encode("utf-8")
+    words = []
+    start = 0
+    while len(data) - start > _WORD_BYTES:
+        end = start + _WORD_BYTES
+        while data[end] & 0xC0 == 0x80:  # never cut a character: end before its first byte
+            end -= 1
+        space = data.rfind(b" ", start, end)
+        end = space + 1 if space >= 0 else end
+        words.append(data[start:end])
+        start = end
+    words.append(data[start:])
+    return "\r\n ".join(
+        f"=?utf-8?b?{binascii.b2a_base64(word, newline=False).decode('ascii')}?=" for word in words
+    )
 
 
-def _text_part(subtype: str, text: str) -> bytes:
-    body = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
-    encoded = binascii.b2a_qp(body, istext=True)
-    # A line starting "From " is rewritten ">From " by mailers that store mbox files: encode its F.
-    encoded = _FROM_LINE.sub(b"=46rom ", encoded).replace(b"\n", b"\r\n")
+def _text_part(subtype: str, text: str, parts: tuple[tuple[str, bool], ...]) -> bytes:
+    """One quoted-printable part. Quoted-printable works line by line, so text cut at line ends
+    encodes piece by piece to the same bytes; the pieces other digests share (bot.render's
+    cards) are encoded once. `parts` (piece, shared) are used when they make `text`."""
+    if not parts or "".join([piece for piece, _ in parts]) != text:
+        parts = ((text, False),)
+    encoded = []
+    run: list[str] = []
+    shared = True
+    for piece, piece_shared in parts:
+        run.append(piece)
+        shared = shared and piece_shared
+        if piece.endswith("\n"):
+            text = run[0] if len(run) == 1 else "".join(run)
+            encoded.append(_encoded_shared(text) if shared else _encoded(text))
+            run, shared = [], True
+    if run:
+        encoded.append(_encoded("".join(run)))
     return (
         f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
         "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-    ).encode("ascii") + encoded
+    ).encode("ascii") + b"".join(encoded)
+
+
+def _encoded(text: str) -> bytes:
+    """Quoted-printable with CRLF line ends, lines of at most 76 characters (checked)."""
+    body = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+    encoded = binascii.b2a_qp(body, istext=True)
+    # A line starting "From " is rewritten ">From " by mailers that store mbox files: encode its F.
+    if b"From " in encoded:
+        encoded = _FROM_LINE.sub(b"=46rom ", encoded)
+    encoded = encoded.replace(b"\n", b"\r\n")
+    _check_lines(encoded)
+    return encoded
+
+
+@lru_cache(maxsize=8192)
+def _encoded_shared(text: str) -> bytes:
+    return _encoded(text)
 
 
 def _check_lines(data: bytes) -> None:

@@ -30,6 +30,7 @@ import dataclasses
 import importlib.metadata
 import re
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -83,6 +84,10 @@ class RenderedDigest:
     html: str
     text: str
     shown: int  # papers shown; the rest of `Digest.total` are "and N more"
+    # The same HTML and text cut at line ends, the cards' pieces the very strings every digest
+    # showing them shares: bot.message encodes each such piece once (see `email_data`).
+    html_parts: tuple[tuple[str, bool], ...] = ()  # (piece, shared): they join to `html`
+    text_parts: tuple[tuple[str, bool], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +249,7 @@ def _find_again(text: str, patterns: Sequence[tuple[str, ...] | str]) -> list[tu
     """Where the query words are in `text`, folded as the query language folds them."""
     if not patterns:
         return []
-    tokens = scan(text)
+    tokens = _scanned(text)
     spans = []
     for pattern in patterns:
         if isinstance(pattern, str):
@@ -259,6 +264,12 @@ def _find_again(text: str, patterns: Sequence[tuple[str, ...] | str]) -> list[tu
             if all(tokens[i + k][0] == pattern[k] for k in range(width)):
                 spans.append((tokens[i][2], tokens[i + width - 1][3]))
     return spans
+
+
+@lru_cache(maxsize=_CARDS_CACHED)
+def _scanned(text: str) -> list:
+    """The words of a snippet (bot.words.scan), once per snippet however many cards show it."""
+    return scan(text)
 
 
 def _snippet(paper: Paper) -> tuple[str, bool]:
@@ -392,6 +403,7 @@ def make_environment(directory: Path | str | None = None) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        finalize=_finalize,  # a no-op, but while a frame's skeleton is made (see _frame_html)
         auto_reload=False,  # the templates do not change while paperbot runs: no stat() per render
     )
 
@@ -408,17 +420,66 @@ def _inliner() -> css_inline.CSSInliner:
     return css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False, minify_css=True)
 
 
+_CONTROLS_TO_SPACES = {code: " " for code in (*range(32), *range(0x7F, 0xA0))}
+
+
 def _one_line(text: str) -> str:
     """A header-safe line: every run of whitespace (line breaks too) and control character is one space."""
-    return " ".join("".join(" " if ord(c) < 32 or 0x7F <= ord(c) < 0xA0 else c for c in text).split())
+    return " ".join(text.translate(_CONTROLS_TO_SPACES).split())
 
 
 def _tidy_text(text: str) -> str:
-    lines = [line.rstrip() for line in text.splitlines()]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n") + "\n"
+    """No trailing spaces, no more than one blank line in a row, none at the start or end."""
+    text = "\n".join([line.rstrip() for line in text.splitlines()])
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n\n", "\n\n").replace("\n\n\n", "\n\n")
+    return text.strip("\n") + "\n"
+
+
+# -- cards: rendered once, shared by every digest that shows them -------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _CardParts:
+    """A card as every digest showing it shares it: its HTML (CSS inlined), and its text cut
+    after the line(s) that hold its rank (`_RANK` there until a digest puts its number in)."""
+
+    card: PaperCard  # of rank 0
+    html: str
+    text_ranked: str  # from the start to the end of the last line holding the rank
+    text_rest: str
+    text_shared: str  # text_rest as it reads in a tidied digest (see _tidy_text)
+
+
+class _RankMark(int):
+    """The rank a shared card's text is rendered with: printed as `_RANK`, replaced per digest."""
+
+    def __str__(self) -> str:
+        return _RANK
+
+
+_RANK = "\ue002"  # a private-use character, in no paper's text
 
 
 @lru_cache(maxsize=_CARDS_CACHED)
+def _card_parts(
+    environment: jinja2.Environment, paper: Paper, watches: tuple[str, ...], hits: tuple, reasons: tuple
+) -> _CardParts:
+    # Matches of different watches often look the same (the words they found are not in view):
+    # one rendering per card as shown.
+    return _rendered_card(environment, _card_of(paper, watches, hits, reasons))
+
+
+@lru_cache(maxsize=_CARDS_CACHED)
+def _rendered_card(environment: jinja2.Environment, card: PaperCard) -> _CardParts:
+    text = environment.get_template("card.txt.j2").render(p=dataclasses.replace(card, rank=_RankMark(0)))
+    at = text.rfind(_RANK)
+    cut = 0 if at < 0 else (text.find("\n", at) + 1 or len(text))
+    rest = text[cut:]
+    shared = _tidy_text(rest) if rest.strip() else ""
+    return _CardParts(card, _card_html(environment, card), text[:cut], rest, shared)
+
+
 def _card_html(environment: jinja2.Environment, card: PaperCard) -> str:
     """One card's HTML with its CSS inlined: rendered and inlined once, alone in a page with the
     digest's style sheet (no rule of which depends on what is around a card). The HTML shows
@@ -434,22 +495,192 @@ def _card_html(environment: jinja2.Environment, card: PaperCard) -> str:
     return inlined[start:end]
 
 
-@lru_cache(maxsize=_CARDS_CACHED)
-def _card_text(environment: jinja2.Environment, card: PaperCard) -> str:
-    return environment.get_template("card.txt.j2").render(p=card)
-
-
 def forget_cards() -> None:
-    """Drop every card kept rendered (a benchmark of a cold start calls this)."""
-    for cache in (_card_of, _card_html, _card_text):
+    """Drop every card and page layout kept rendered (a benchmark of a cold start calls this)."""
+    for cache in (_card_of, _card_parts, _rendered_card, _scanned):
         cache.cache_clear()
+    _LAYOUTS.clear()
+
+
+# -- the frame of a digest: rendered for each, CSS-inlined once per layout ----------------------
+#
+# A digest's frame (digest.html.j2: header, footer, links) holds the subscriber's name, counts
+# and links, so it differs in every digest; but where its values go, which is what inlining
+# reads, changes only with the template's branches (no papers, some, "and N more"). So the
+# frame is rendered with every printed value replaced by a numbered hole (Jinja's `finalize`),
+# that skeleton is CSS-inlined once per layout, and each digest fills the holes, escaped as the
+# inliner's HTML serializer escapes text. The first digest of each layout is checked against
+# inlining its whole page; a layout with a hole where inlining could depend on it (a class, id
+# or style attribute, a <style>, a comment) is inlined whole, every time, and so is a digest
+# whose values parsing would change (a CR, a NUL).
+
+_HOLE = re.compile("\ue000([0-9]+)\ue001")
+_STYLING_ATTRIBUTES = frozenset({"class", "id", "style"})
+# What html5ever writes: comments, doctypes, tags (attribute values in double quotes), and text.
+_MARKUP = re.compile(
+    r"<!--.*?-->|<![^>]*>|<(/?)([A-Za-z][^\s/>]*)((?:\s+[^\s\"'=<>/]+(?:=\"[^\"]*\")?)*)\s*/?>", re.S
+)
+_ATTRIBUTE = re.compile(r"([^\s\"'=<>/]+)(?:=\"([^\"]*)\")?")
+_LAYOUTS: dict[tuple[int, str], tuple | None] = {}  # (environment, skeleton) -> pieces; None: inline whole
+_LAYOUTS_KEPT = 256
+_recording: ContextVar[list | None] = ContextVar("paperbot_frame_values", default=None)
+
+
+@jinja2.pass_context  # so that Jinja never applies it at compile time, to constant output
+def _finalize(context, value):
+    values = _recording.get()
+    if values is None or hasattr(value, "__html__"):
+        return value  # markup (the cards' place) stays in the skeleton as it is
+    values.append(value)
+    return f"\ue000{len(values) - 1}\ue001"
+
+
+def _escaped(value: object, in_attribute: bool) -> str | None:
+    """`value` as the inliner writes it after parsing Jinja's escaped output, or None when parsing
+    would change it (a CR, a NUL)."""
+    text = str(value)
+    if "\r" in text or "\x00" in text:
+        return None
+    text = text.replace("&", "&amp;").replace("\xa0", "&nbsp;")
+    if in_attribute:
+        return text.replace('"', "&quot;")
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _skeleton_pieces(inlined: str, holes: int) -> tuple | None:
+    """The inlined skeleton cut at its holes: text, (hole, in_attribute), text, ...; None when a
+    hole is lost or doubled, or sits where its value could change the styles."""
+    pieces: list = []
+    found: list[int] = []
+    at = 0
+    in_raw_text = False  # inside <style> or <script>
+
+    def cut(start: int, end: int, in_attribute: bool) -> None:
+        nonlocal at
+        for hole in _HOLE.finditer(inlined, start, end):
+            pieces.extend((inlined[at : hole.start()], (int(hole.group(1)), in_attribute)))
+            found.append(int(hole.group(1)))
+            at = hole.end()
+
+    text_from = 0
+    for markup in _MARKUP.finditer(inlined):
+        if in_raw_text and _HOLE.search(inlined, text_from, markup.start()):
+            return None
+        cut(text_from, markup.start(), False)
+        text_from = markup.end()
+        closing, tag, attributes = markup.groups()
+        if _HOLE.search(inlined, markup.start(), markup.end()):
+            if tag is None or _HOLE.search(tag):
+                return None  # in a comment, a doctype or a tag's name
+            for attribute in _ATTRIBUTE.finditer(attributes):
+                name, value = attribute.group(1), attribute.group(2) or ""
+                if _HOLE.search(name) or (_HOLE.search(value) and name.lower() in _STYLING_ATTRIBUTES):
+                    return None
+            cut(markup.start(), markup.end(), True)
+        if tag and tag.lower() in ("style", "script"):
+            in_raw_text = not closing
+    cut(text_from, len(inlined), False)
+    if sorted(found) != list(range(holes)):
+        return None
+    pieces.append(inlined[at:])
+    return tuple(pieces)
+
+
+def _layout(pieces: tuple) -> tuple:
+    """The pieces of an inlined skeleton as a frame is filled: each hole as it is, each stretch of
+    text as (start of its first line, its whole lines, end of its last line), the whole lines
+    the same in every digest of the layout; and None where the cards go."""
+    layout: list = []
+    for number, piece in enumerate(pieces):
+        if piece.__class__ is not str:
+            layout.append(piece)
+            continue
+        texts = piece.split(_CARDS_HERE)
+        for index, text in enumerate(texts):
+            if index:
+                layout.append(None)
+            starts_line = index > 0 or number == 0
+            first = 0 if starts_line else text.find("\n") + 1
+            last = text.rfind("\n") + 1
+            if first and last < first:  # the text ends no line but its first: nothing whole
+                first = last = len(text)
+            layout.append((text[:first], text[first:last], text[last:]))
+    return tuple(layout)
+
+
+def _filled(layout: tuple, values: list) -> list | None:
+    """The frame's parts, (text, shared), None where the cards go; None when a value cannot be
+    written into the skeleton (see _escaped)."""
+    parts: list = []
+    run: list[str] = []
+    for element in layout:
+        if element is None:
+            if run:
+                parts.append(("".join(run), False))
+                run = []
+            parts.append(None)
+        elif len(element) == 2:
+            text = _escaped(values[element[0]], element[1])
+            if text is None:
+                return None
+            run.append(text)
+        else:
+            start, lines, end = element
+            run.append(start)
+            if lines:
+                if any(run):
+                    parts.append(("".join(run), False))
+                parts.append((lines, True))
+                run = []
+            run.append(end)
+    if any(run):
+        parts.append(("".join(run), False))
+    return parts
+
+
+def _frame_parts(environment: jinja2.Environment, values: dict) -> list:
+    """The frame of a digest, CSS-inlined (through its layout's skeleton when it has one), in
+    parts: (text, shared), and None where the cards go."""
+    frame = environment.get_template("digest.html.j2")
+    printed: list = []
+    token = _recording.set(printed)
+    try:
+        skeleton = frame.render(values, cards=_CARDS_HERE)
+    finally:
+        _recording.reset(token)
+    key = (id(environment), skeleton)
+    layout = _LAYOUTS.get(key, False)
+    if layout:
+        parts = _filled(layout, printed)
+        if parts is not None:
+            return parts
+    whole = _inliner().inline(frame.render(values, cards=_CARDS_HERE))
+    if layout is False:  # a layout not seen yet: keep it if it makes this very page
+        layout = None
+        if len(_LAYOUTS) < _LAYOUTS_KEPT and skeleton.count("\ue000") == len(printed):
+            pieces = _skeleton_pieces(_inliner().inline(skeleton), len(printed))
+            if pieces is not None:
+                layout = _layout(pieces)
+                parts = _filled(layout, printed)
+                if parts is None or "".join(_CARDS_HERE if p is None else p[0] for p in parts) != whole:
+                    layout = None
+        _LAYOUTS[key] = layout
+    texts = whole.split(_CARDS_HERE)
+    return [item for text in texts for item in ((text, False), None)][:-1]
+
+
+# -- a digest ----------------------------------------------------------------------------------
 
 
 def render_digest(digest: Digest, environment: jinja2.Environment | None = None) -> RenderedDigest:
     """The subject, HTML (CSS inlined, under MAX_HTML_BYTES) and plain text of `digest`."""
     environment = environment or _default_environment()
-    shared = [paper_card(match, 0) for match in digest.matches]  # cached: one per distinct card
-    cards = [dataclasses.replace(card, rank=rank) for rank, card in enumerate(shared, 1)]
+    parts = [
+        _card_parts(environment, m.paper, tuple(m.watches), tuple(m.hits), tuple(m.reasons))
+        for m in digest.matches
+    ]
+    # The cards of rank 0 that every digest shares: templates number them with loop.index.
+    cards = [part.card for part in parts]
     subscriber = digest.subscriber
     schedule = getattr(subscriber.schedule, "text", str(subscriber.schedule))
 
@@ -466,22 +697,54 @@ def render_digest(digest: Digest, environment: jinja2.Environment | None = None)
             "generated_local": digest.generated_at.astimezone(ZoneInfo(subscriber.timezone)),
         }
 
-    shown = len(cards)
+    shown = len(parts)
     subject = _one_line(environment.get_template("subject.txt.j2").render(context(shown)))
-    frame = environment.get_template("digest.html.j2")
     while True:
         values = context(shown) | {"subject": subject}
-        page = _inliner().inline(frame.render(values, cards=_CARDS_HERE))
-        parts = page.split(_CARDS_HERE)
-        if len(parts) != 2:
+        frame = _frame_parts(environment, values)
+        if frame.count(None) != 1:
             raise RuntimeError(f"digest.html.j2 must place {{{{ cards | safe }}}} once ({digest.period})")
-        html = parts[0] + "".join(_card_html(environment, card) for card in shared[:shown]) + parts[1]
-        html = html.rstrip() + "\n"
-        size = len(html.encode("utf-8"))
+        at = frame.index(None)
+        html_parts = [*frame[:at], *((part.html, True) for part in parts[:shown]), *frame[at + 1 :]]
+        last = html_parts[-1][0].rstrip() + "\n"
+        if last != html_parts[-1][0]:
+            html_parts[-1] = (last, False)
+        size = sum(len(text) if text.isascii() else len(text.encode("utf-8")) for text, _ in html_parts)
         if size <= MAX_HTML_BYTES or shown == 0:
             break
         # Too big for Gmail: drop the lowest-ranked papers into "and N more" and try again.
         shown = max(0, min(shown - 1, shown * MAX_HTML_BYTES // size))
-    cards_text = "".join(_card_text(environment, card) for card in cards[:shown])
+    cards_text = "".join(
+        part.text_ranked.replace(_RANK, str(rank)) + part.text_rest
+        for rank, part in enumerate(parts[:shown], 1)
+    )
     text = _tidy_text(environment.get_template("digest.txt.j2").render(values, cards=cards_text))
-    return RenderedDigest(subject=subject, html=html, text=text, shown=shown)
+    return RenderedDigest(
+        subject=subject,
+        html="".join(text for text, _ in html_parts),
+        text=text,
+        shown=shown,
+        html_parts=tuple(html_parts),
+        text_parts=_cut_at_shared(text, [part.text_shared for part in parts[:shown]]),
+    )
+
+
+def _cut_at_shared(text: str, shared: Sequence[str]) -> tuple[tuple[str, bool], ...]:
+    """`text` cut into (piece, shared) at the pieces of `shared` it holds, in order, where each
+    begins and ends a line: those are the very strings other digests hold too (bot.message
+    encodes each of them once). The pieces always join to `text`."""
+    pieces: list[tuple[str, bool]] = []
+    at = 0
+    for piece in shared:
+        if not piece.endswith("\n"):
+            continue
+        found = text.find(piece, at)
+        if found < 0 or (found and text[found - 1] != "\n"):
+            continue
+        if found > at:
+            pieces.append((text[at:found], False))
+        pieces.append((piece, True))
+        at = found + len(piece)
+    if at < len(text):
+        pieces.append((text[at:], False))
+    return tuple(pieces)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
@@ -61,7 +62,13 @@ def _clocked_signer(now: datetime | None) -> type[TimestampSigner]:
         return TimestampSigner
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    stamp = int(now.timestamp())
+    return _signer_at(int(now.timestamp()))
+
+
+@lru_cache(maxsize=64)
+def _signer_at(stamp: int) -> type[TimestampSigner]:
+    """A signer class whose clock says `stamp`: made once per time (a digest run signs thousands
+    of links at one time), not once per token."""
 
     class ClockedSigner(TimestampSigner):
         # itsdangerous reads the clock both to stamp a token and to age it on reading.
@@ -74,12 +81,19 @@ def _clocked_signer(now: datetime | None) -> type[TimestampSigner]:
 def _serializer(
     secret: str | Sequence[str] | None, purpose: str, now: datetime | None
 ) -> URLSafeTimedSerializer:
-    secrets = [secret] if isinstance(secret, str) or secret is None else list(secret)
+    secrets = (secret,) if isinstance(secret, str) or secret is None else tuple(secret)
     if not secrets or not all(secrets):
         raise SettingsError("web.secret is not set: set PAPERBOT_WEB_SECRET to a long random string")
     if not purpose:
         raise ValueError("a token needs a purpose, e.g. 'unsubscribe'")
-    return URLSafeTimedSerializer(secrets, salt=_SALT_PREFIX + purpose, signer=_clocked_signer(now))
+    return _made_serializer(secrets, purpose, _clocked_signer(now))
+
+
+@lru_cache(maxsize=64)
+def _made_serializer(
+    secrets: tuple[str, ...], purpose: str, signer: type[TimestampSigner]
+) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(list(secrets), salt=_SALT_PREFIX + purpose, signer=signer)
 
 
 def make_token(

@@ -225,6 +225,21 @@ def test_a_recipient_that_is_not_one_plain_address_is_refused(tmp_path):
             email_data(digest, render_digest(digest), SETTINGS, to=address)
 
 
+def test_an_email_encoded_piece_by_piece_is_the_email_encoded_whole(tmp_path):
+    """Digests share their cards; email_data encodes each shared piece once. The bytes must be
+    those of encoding each part whole, for every digest (here: every paper of the capture, in
+    digests of 1, 5 and all papers, and alice's)."""
+    reader = bob(tmp_path, max_papers=50)
+    found = match_papers(papers(), WatchIndex([reader]))
+    digests = [alice_digest(), *(digest_for(reader, found[:size]) for size in (1, 5, len(found)))]
+    for digest in digests:
+        rendered = render_digest(digest)
+        assert sum(shared for _, shared in rendered.html_parts) > rendered.shown  # the cards, the head
+        assert sum(shared for _, shared in rendered.text_parts) >= rendered.shown
+        whole = dataclasses.replace(rendered, html_parts=(), text_parts=())
+        assert email_data(digest, rendered, SETTINGS) == email_data(digest, whole, SETTINGS)
+
+
 def test_a_body_line_starting_with_from_is_encoded():
     """mbox-storing mailers rewrite a line starting "From " as ">From ": its F is sent as =46."""
     digest = alice_digest()

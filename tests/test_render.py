@@ -7,6 +7,7 @@ The golden files in tests/golden/ are what example-alice gets from the real capt
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -25,6 +26,7 @@ from bot.message import MessageSettings, digest_links
 from bot.models import Paper
 from bot.query import Hit
 from bot.render import (
+    _LAYOUTS,
     MAX_HTML_BYTES,
     DigestLinks,
     build_digest,
@@ -139,6 +141,36 @@ def test_cards_inlined_one_by_one_make_the_page_that_inlining_it_whole_makes(tmp
         assert render_digest(digest, environment).html == inlined_whole(digest, environment)
         checked += len(digest.matches)
     assert checked > 30
+
+
+@pytest.mark.parametrize(
+    "name",
+    ['Ana & <Bo> "the lab"', "O'Brien\u00a0Lab &amp; co", "Zoë <script>alert(1)</script>", "Line\rbreak"],
+)
+def test_a_frame_filled_from_its_cached_layout_is_the_page_inlining_it_whole_makes(tmp_path, name):
+    """The frame (header, footer, links) is CSS-inlined once per layout and filled per digest:
+    names with every character HTML escapes, in text and in attributes, come out as inlining
+    the whole page writes them (a CR, which parsing would change, takes the whole-page path)."""
+    environment = make_environment()
+    papers = capture_papers()
+    watches = '[[watch]]\nname = "models"\nquery = "model*"\n'
+    bob = subscriber_with(tmp_path, watches, max_papers=3)
+    for number, person in enumerate(("Bob", name, name + " again")):
+        who = dataclasses.replace(bob, name=person, email="")  # the footer shows the name
+        links = DigestLinks(
+            list_url=f"https://paperbot.example.org/digest/{number}?a=1&b={person}",
+            unsubscribe_url="https://paperbot.example.org/unsubscribe/t",
+            manage_url=f'https://paperbot.example.org/manage/"{number}"',
+        )
+        matches = match_papers(papers, WatchIndex([who]))
+        digest = build_digest(who, matches, generated_at=NOW, links=links, label=f"{person}: Fri")
+        rendered = render_digest(digest, environment)
+        assert rendered.html == inlined_whole(digest, environment)
+        assert "".join(text for text, _ in rendered.html_parts) == rendered.html
+        assert "".join(text for text, _ in rendered.text_parts) == rendered.text
+    assert any(shared for _, shared in rendered.html_parts[:2]), "the page's head is shared"
+    layouts = [layout for (made_by, _), layout in _LAYOUTS.items() if made_by == id(environment)]
+    assert layouts and all(layouts), "each layout is kept: its digests are filled in, not inlined whole"
 
 
 def test_the_same_digest_renders_the_same_bytes():
