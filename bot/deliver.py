@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from time import monotonic
 from zoneinfo import ZoneInfo
 
 from bot.channels import Sender
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+SYNC_EVERY = 0.1  # seconds of sending between two waits for the disk (see send_due)
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -354,58 +357,82 @@ def send_due(
     now: Callable[[], datetime],
     policy: RetryPolicy = RetryPolicy(),
     should_stop: Callable[[], bool] = lambda: False,
+    sync_every: float = SYNC_EVERY,
 ) -> list[Outcome]:
     """Send every delivery whose time has come. One failure never holds up the others.
-    `should_stop` is asked between messages (a SIGTERM finishes the one in flight)."""
+    `should_stop` is asked between messages (a SIGTERM finishes the one in flight).
+
+    Each "sent" is committed right after the server's 250, so a crash of paperbot never sends
+    a digest twice but in that instant; the records wait for the disk (a power cut) together,
+    at most every `sync_every` seconds and at the end, not one fsync per message."""
     owner = _owner()
     outcomes: list[Outcome] = []
-    for delivery in store.deliveries_to_send(now()):
-        if should_stop():
-            break
-        sender = senders.get(delivery.kind)
-        if sender is None:
-            continue  # a kind this run does not send (e.g. webhooks while only email is set up)
-        reason = store.suppression(delivery.subscriber_id, delivery.channel)
-        if reason:
-            store.mark_failed(delivery.id, f"suppressed: {reason}")
-            outcomes.append(Outcome(delivery, "suppressed", reason))
-            continue
-        if not store.claim_delivery(delivery.id, owner, now(), policy.lease):
-            outcomes.append(Outcome(delivery, "busy", "another paperbot process is sending it"))
-            continue
-        attempts = delivery.attempts + 1
-        try:
-            # A message in several parts (a long Slack digest) records each part as it goes,
-            # so a failure after part 1 never sends part 1 again.
-            parts = message_parts(delivery)
-            for number in range(delivery.parts_sent, len(parts)):
-                sender.send(dataclasses.replace(delivery, message=parts[number]))
-                if len(parts) > 1:
-                    store.mark_part_sent(delivery.id, number + 1)
-        except DeliveryError as error:
-            outcomes.append(_record_failure(store, delivery, error, attempts, now(), policy))
-            continue
-        except Exception as error:  # a bug: keep it visible, and keep the others going
-            log.exception(
-                "sending delivery %d to %s failed unexpectedly", delivery.id, delivery.subscriber_id
-            )
-            store.mark_retry(
-                delivery.id, f"internal error: {error!r}", policy.next_attempt(attempts, now(), None)
-            )
-            outcomes.append(Outcome(delivery, "retry", repr(error)))
-            continue
-        # The duplicate window: the server has said 250; until this line commits, a crash
-        # leaves the row 'sending', and its lease running out sends it again (same Message-ID).
-        store.mark_sent(delivery.id, now())
-        log.info(
-            "sent %s digest %s to %s: %d papers",
-            delivery.kind,
-            delivery.period,
-            delivery.subscriber_id,
-            len(delivery.paper_ids),
-        )
-        outcomes.append(Outcome(delivery, "sent"))
+    synced, unsynced = monotonic(), False
+    try:
+        for delivery in store.deliveries_to_send(now()):
+            if should_stop():
+                break
+            outcome = _send_one(store, senders, delivery, owner, now, policy)
+            if outcome is None:
+                continue
+            outcomes.append(outcome)
+            if outcome.status == "sent":
+                unsynced = True
+                if monotonic() - synced >= sync_every:
+                    store.sync()
+                    synced, unsynced = monotonic(), False
+    finally:
+        if unsynced:
+            store.sync()
     return outcomes
+
+
+def _send_one(
+    store: Store,
+    senders: Mapping[str, Sender],
+    delivery: Delivery,
+    owner: str,
+    now: Callable[[], datetime],
+    policy: RetryPolicy,
+) -> Outcome | None:
+    """Claim, send and record one delivery; None when this run does not send its kind."""
+    sender = senders.get(delivery.kind)
+    if sender is None:
+        return None  # a kind this run does not send (e.g. webhooks while only email is set up)
+    reason = store.suppression(delivery.subscriber_id, delivery.channel)
+    if reason:
+        store.mark_failed(delivery.id, f"suppressed: {reason}")
+        return Outcome(delivery, "suppressed", reason)
+    if not store.claim_delivery(delivery.id, owner, now(), policy.lease):
+        return Outcome(delivery, "busy", "another paperbot process is sending it")
+    attempts = delivery.attempts + 1
+    try:
+        # A message in several parts (a long Slack digest) records each part as it goes,
+        # so a failure after part 1 never sends part 1 again.
+        parts = message_parts(delivery)
+        for number in range(delivery.parts_sent, len(parts)):
+            sender.send(dataclasses.replace(delivery, message=parts[number]))
+            if len(parts) > 1:
+                store.mark_part_sent(delivery.id, number + 1)
+    except DeliveryError as error:
+        return _record_failure(store, delivery, error, attempts, now(), policy)
+    except Exception as error:  # a bug: keep it visible, and keep the others going
+        log.exception("sending delivery %d to %s failed unexpectedly", delivery.id, delivery.subscriber_id)
+        store.mark_retry(
+            delivery.id, f"internal error: {error!r}", policy.next_attempt(attempts, now(), None)
+        )
+        return Outcome(delivery, "retry", repr(error))
+    # The duplicate window: the server has said 250; until this line commits, a crash
+    # leaves the row 'sending', and its lease running out sends it again (same Message-ID).
+    store.mark_sent(delivery.id, now())
+    log.info(
+        "sent %s digest %s to %s: %d papers",
+        delivery.kind,
+        delivery.period,
+        delivery.subscriber_id,
+        len(delivery.paper_ids),
+    )
+    return Outcome(delivery, "sent")
 
 
 def _record_failure(

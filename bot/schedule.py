@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -74,6 +75,7 @@ def parse_schedule(text: str) -> Schedule:
     )
 
 
+@lru_cache(maxsize=1024)
 def trigger_for(schedule: Schedule, zone: str) -> CronTrigger:
     """The APScheduler trigger that fires `schedule` in time zone `zone`."""
     if schedule.cron is None:
@@ -125,6 +127,7 @@ def latest_fire(schedule: Schedule, zone: str, now: datetime) -> datetime | None
     return None
 
 
+@lru_cache(maxsize=4096)  # a run asks once per subscriber; most share a schedule and a zone
 def due_period(schedule: Schedule, zone: str, now: datetime) -> Period | None:
     """The period whose digest is due at `now`: the schedule's latest firing, or None."""
     fired = latest_fire(schedule, zone, now)
