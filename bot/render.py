@@ -202,8 +202,16 @@ def build_digest(
 
 def _segments(text: str, spans: Iterable[tuple[int, int]]) -> tuple[Segment, ...]:
     """`text` cut into plain and marked pieces; overlapping spans merge; whitespace runs become one space."""
+    return _segments_of(text, tuple(sorted(spans)))
+
+
+_SPACES = re.compile(r"\s+")
+
+
+@lru_cache(maxsize=_CARDS_CACHED * 4)  # titles, names and snippets recur in many cards
+def _segments_of(text: str, spans: tuple[tuple[int, int], ...]) -> tuple[Segment, ...]:
     merged: list[list[int]] = []
-    for start, end in sorted(spans):
+    for start, end in spans:
         start, end = max(0, start), min(len(text), end)
         if start >= end:
             continue
@@ -219,7 +227,7 @@ def _segments(text: str, spans: Iterable[tuple[int, int]]) -> tuple[Segment, ...
         at = end
     pieces.append(Segment(text[at:]))
     # A title with a line break (or a tab) must stay one line: in the subject above all.
-    cleaned = [Segment(re.sub(r"\s+", " ", piece.text), piece.marked) for piece in pieces]
+    cleaned = [Segment(_SPACES.sub(" ", piece.text), piece.marked) for piece in pieces]
     if cleaned:
         cleaned[0] = Segment(cleaned[0].text.lstrip(), cleaned[0].marked)
         cleaned[-1] = Segment(cleaned[-1].text.rstrip(), cleaned[-1].marked)
@@ -285,7 +293,13 @@ def _snippet(paper: Paper) -> tuple[str, bool]:
 
 def _authors(paper: Paper, hits: Iterable) -> tuple[Segment, ...]:
     """The first few authors, then "et al."; an author a watch matched is shown even past them."""
-    names = list(paper.authors)
+    spans = tuple(sorted((hit.start, hit.end) for hit in hits if hit.field == "author"))
+    return _authors_marked(paper.authors, spans)
+
+
+@lru_cache(maxsize=_CARDS_CACHED)
+def _authors_marked(authors: tuple[str, ...], spans: tuple[tuple[int, int], ...]) -> tuple[Segment, ...]:
+    names = list(authors)
     if not names:
         return ()
     # Author hits index the authors joined by "; " (bot.query.PaperText.texts["author"]).
@@ -295,12 +309,10 @@ def _authors(paper: Paper, hits: Iterable) -> tuple[Segment, ...]:
     for name in names:
         bounds.append((offset, offset + len(name)))
         offset += len(name) + 2
-    for hit in hits:
-        if hit.field != "author":
-            continue
+    for hit_start, hit_end in spans:
         for number, (start, end) in enumerate(bounds):
-            if start <= hit.start and hit.end <= end:
-                marked.setdefault(number, []).append((hit.start - start, hit.end - start))
+            if start <= hit_start and hit_end <= end:
+                marked.setdefault(number, []).append((hit_start - start, hit_end - start))
     shown = list(range(min(len(names), AUTHORS_SHOWN)))
     if len(names) == AUTHORS_SHOWN + 1:
         shown.append(AUTHORS_SHOWN)  # "et al." would hide just one name: show it
@@ -497,7 +509,7 @@ def _card_html(environment: jinja2.Environment, card: PaperCard) -> str:
 
 def forget_cards() -> None:
     """Drop every card and page layout kept rendered (a benchmark of a cold start calls this)."""
-    for cache in (_card_of, _card_parts, _rendered_card, _scanned):
+    for cache in (_card_of, _card_parts, _rendered_card, _scanned, _segments_of, _authors_marked):
         cache.cache_clear()
     _LAYOUTS.clear()
 
