@@ -327,7 +327,27 @@ def _migrate_4(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_migrate_1, _migrate_2, _migrate_3, _migrate_4]
+def _migrate_5(db: sqlite_utils.Database) -> None:
+    """Each digest's message in a table of its own: a digest's row changes state several times
+    (claimed, sent), and SQLite rewrote the whole row, its 30 KB message with it, each time."""
+    db["delivery_messages"].create(
+        {"delivery_id": int, "message": bytes},
+        pk="delivery_id",
+        foreign_keys=[("delivery_id", "deliveries", "id")],
+    )
+    db.execute(
+        "insert into delivery_messages (delivery_id, message)"
+        " select id, message from deliveries where message is not null"
+    )
+    db.execute("alter table deliveries drop column message")
+
+
+MIGRATIONS = [_migrate_1, _migrate_2, _migrate_3, _migrate_4, _migrate_5]
+# A ledger row with its message (Store._delivery reads both).
+_DELIVERIES = (
+    "select deliveries.*, delivery_messages.message from deliveries"
+    " left join delivery_messages on delivery_messages.delivery_id = deliveries.id"
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _PAPER_COLUMNS = (
@@ -637,14 +657,14 @@ class Store:
 
     def get_delivery(self, delivery_id: int) -> Delivery | None:
         """One ledger row, with its papers."""
-        row = next(self.db.query("select * from deliveries where id = ?", [delivery_id]), None)
+        row = next(self.db.query(f"{_DELIVERIES} where id = ?", [delivery_id]), None)
         return self._delivery(row) if row else None
 
     def find_delivery(self, subscriber_id: str, channel: str, period: str) -> Delivery | None:
         """The digest of this subscriber, channel and period, if the ledger has it."""
         row = next(
             self.db.query(
-                "select * from deliveries where subscriber_id = ? and channel = ? and period = ?",
+                f"{_DELIVERIES} where subscriber_id = ? and channel = ? and period = ?",
                 [subscriber_id, channel, period],
             ),
             None,
@@ -718,11 +738,16 @@ class Store:
     def attach_message(self, delivery_id: int, *, message: bytes, message_id: str, subject: str) -> None:
         """Store the rendered message of a reserved digest: every retry sends these bytes."""
         with self._immediate() as conn:
-            conn.execute(
-                "update deliveries set message = ?, message_id = ?, subject = ?, state = 'pending'"
+            attached = conn.execute(
+                "update deliveries set message_id = ?, subject = ?, state = 'pending'"
                 " where id = ? and state = 'new'",
-                [message, message_id, subject, delivery_id],
-            )
+                [message_id, subject, delivery_id],
+            ).rowcount
+            if attached:
+                conn.execute(
+                    "insert or replace into delivery_messages (delivery_id, message) values (?, ?)",
+                    [delivery_id, message],
+                )
 
     def mark_skipped(self, delivery_id: int, reason: str) -> None:
         """A period with nothing to send: recorded, so it is not made again."""
@@ -734,13 +759,13 @@ class Store:
 
     def deliveries_to_render(self) -> list[Delivery]:
         """Digests whose papers are reserved but whose message was never stored (a crash)."""
-        return [self._delivery(r) for r in self.db.query("select * from deliveries where state = 'new'")]
+        return [self._delivery(r) for r in self.db.query(f"{_DELIVERIES} where state = 'new'")]
 
     def deliveries_to_send(self, now: datetime) -> list[Delivery]:
         """Pending digests whose time has come, and those whose sender died mid-send."""
         stamp = format_time(now)
         rows = self.db.query(
-            "select * from deliveries where (state = 'pending' and coalesce(next_attempt_at, '') <= ?)"
+            f"{_DELIVERIES} where (state = 'pending' and coalesce(next_attempt_at, '') <= ?)"
             " or (state = 'sending' and claimed_until < ?) order by created_at, id",
             [stamp, stamp],
         )
@@ -875,7 +900,7 @@ class Store:
     def troubled_deliveries(self) -> list[Delivery]:
         """Digests waiting for a retry or failed for good, newest first, for `paperbot status`."""
         rows = self.db.query(
-            "select * from deliveries where state = 'failed' or (state = 'pending' and attempts > 0)"
+            f"{_DELIVERIES} where state = 'failed' or (state = 'pending' and attempts > 0)"
             " or state = 'sending' order by id desc limit 50"
         )
         return [self._delivery(row) for row in rows]

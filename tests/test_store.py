@@ -277,6 +277,39 @@ def test_reopening_keeps_the_data_and_does_not_migrate_again(tmp_path, caplog):
     assert user_version(path) == SCHEMA_VERSION
 
 
+def test_a_ledger_of_schema_4_keeps_its_messages_when_they_move_to_their_own_table(tmp_path):
+    """Schema 5 keeps each digest's message apart from its row; a ledger made before keeps its
+    pending digests' bytes, so their retries send the same message."""
+    import sqlite_utils
+
+    from bot.store import MIGRATIONS
+
+    path = tmp_path / "paperbot.db"
+    db = sqlite_utils.Database(path)
+    for migrate in MIGRATIONS[:4]:
+        migrate(db)
+    db.execute("PRAGMA user_version = 4")
+    db["deliveries"].insert(
+        {
+            "subscriber_id": "alice",
+            "channel": "email",
+            "kind": "email",
+            "period": "2026-06-12",
+            "recipient": "alice@example.org",
+            "state": "pending",
+            "attempts": 1,
+            "message": b"Subject: hi\r\n",
+        }
+    )
+    db.conn.commit()
+    db.close()
+    with open_store(path) as store:
+        (delivery,) = store.deliveries_to_send(T0 + timedelta(days=1))
+        assert delivery.message == b"Subject: hi\r\n" and delivery.attempts == 1
+        assert "message" not in store.db["deliveries"].columns_dict
+    assert user_version(path) == SCHEMA_VERSION == 5
+
+
 def test_a_database_from_a_newer_paperbot_says_to_upgrade(tmp_path):
     path = tmp_path / "paperbot.db"
     with open_store(path):
