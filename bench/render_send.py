@@ -33,7 +33,7 @@ from bot.deliver import DigestPlan, plan_digests
 from bot.message import MAX_LINE, MessageSettings
 from bot.models import Paper, Subscriber
 from bot.pipeline import import_files, make_digest, message_settings, render_plan, run_once
-from bot.render import forget_cards, render_digest
+from bot.render import forget_cards, prepare_cards, render_digest
 from bot.store import Delivery, open_store
 from bot.subscriptions import load_subscriptions
 
@@ -220,6 +220,7 @@ def render_all(
     if cold:
         forget_cards()
     clocks = Clocks()
+    prepare_cards(m for p in plans for m in p.matches[: p.subscriber.max_papers])  # as run_once does
     messages = [render_plan(p, p.matches[: p.subscriber.max_papers], len(p.matches), mail)[2] for p in plans]
     wall, cpu = clocks.lap()
     return messages, wall, cpu

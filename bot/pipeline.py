@@ -38,7 +38,7 @@ from bot.fetch import Listing, fetch_listing, fetch_with_fallback
 from bot.match import Match, WatchIndex, match_papers
 from bot.message import MessageSettings, digest_links, email_data, message_id
 from bot.models import Digest, FetchResult, Subscriber
-from bot.render import RenderedDigest, render_digest
+from bot.render import RenderedDigest, prepare_cards, render_digest
 from bot.store import Delivery, SaveStats, Store
 from bot.transport import HttpClient
 
@@ -439,6 +439,7 @@ def run_once(
         # Instant alerts: the instant watches' matches since the last alert, right after the poll.
         instants, _ = plan_digests(store, subscribers, clock(), kinds=senders.keys(), instant=True)
         plans += instants
+        prepare_cards(m for plan in plans for m in plan.matches[: plan.subscriber.max_papers])
         for plan in plans:
             made: list[Made] = []
             compose = _composer(mail, made)

@@ -55,6 +55,7 @@ __all__ = [
     "forget_cards",
     "make_environment",
     "paper_card",
+    "prepare_cards",
     "render_digest",
     "templates_dir",
 ]
@@ -493,18 +494,50 @@ def _rendered_card(environment: jinja2.Environment, card: PaperCard) -> _CardPar
 
 
 def _card_html(environment: jinja2.Environment, card: PaperCard) -> str:
-    """One card's HTML with its CSS inlined: rendered and inlined once, alone in a page with the
-    digest's style sheet (no rule of which depends on what is around a card). The HTML shows
-    no rank: pass the card of rank 0, which every digest showing it shares."""
+    """One card's HTML with its CSS inlined: rendered and inlined once, in a page with the
+    digest's style sheet (no rule of which depends on what is around a card), alone or with
+    the other cards `prepare_cards` makes at once. The HTML shows no rank: pass the card of
+    rank 0, which every digest showing it shares."""
+    made = _PREPARED.get((id(environment), card))
+    return made if made is not None else _inlined_cards(environment, [card])[0]
+
+
+def _inlined_cards(environment: jinja2.Environment, cards: Sequence[PaperCard]) -> list[str]:
     css = environment.get_template("digest.css.j2").render()
-    rows = environment.get_template("card.html.j2").render(p=card)
+    template = environment.get_template("card.html.j2")
+    rows = "".join(f"{_CARD_START}{template.render(p=card)}{_CARD_END}" for card in cards)
     page = (
-        f"<!DOCTYPE html><html><head><style>{css}</style></head><body><table><tbody>"
-        f"{_CARD_START}{rows}{_CARD_END}</tbody></table></body></html>"
+        f"<!DOCTYPE html><html><head><style>{css}</style></head><body>"
+        f"<table><tbody>{rows}</tbody></table></body></html>"
     )
     inlined = _inliner().inline(page)
-    start, end = inlined.index(_CARD_START) + len(_CARD_START), inlined.index(_CARD_END)
-    return inlined[start:end]
+    made = [piece.split(_CARD_END, 1)[0] for piece in inlined.split(_CARD_START)[1:]]
+    if len(made) != len(cards):
+        raise RuntimeError("card.html.j2 must make table rows: its cards could not be found again")
+    return made
+
+
+_PREPARED: dict[tuple[int, PaperCard], str] = {}
+_PREPARED_KEPT = 4 * _CARDS_CACHED
+_PREPARE_AT_ONCE = 200  # cards inlined in one page: most of the gain, a page of a few MB
+
+
+def prepare_cards(matches: Iterable[Match], environment: jinja2.Environment | None = None) -> int:
+    """Render and CSS-inline at once the cards of `matches` not made yet, for the digests about
+    to be rendered (a run knows them all): inlining many cards in one page costs a third of
+    inlining each alone. Optional: render_digest makes any card it lacks. Returns how many."""
+    environment = environment or _default_environment()
+    wanted = {}
+    for match in matches:
+        card = _card_of(match.paper, tuple(match.watches), tuple(match.hits), tuple(match.reasons))
+        if (id(environment), card) not in _PREPARED:
+            wanted[card] = None
+    cards = list(wanted)[: max(0, _PREPARED_KEPT - len(_PREPARED))]
+    for start in range(0, len(cards), _PREPARE_AT_ONCE):
+        chunk = cards[start : start + _PREPARE_AT_ONCE]
+        for card, html in zip(chunk, _inlined_cards(environment, chunk), strict=True):
+            _PREPARED[(id(environment), card)] = html
+    return len(cards)
 
 
 def forget_cards() -> None:
@@ -512,6 +545,7 @@ def forget_cards() -> None:
     for cache in (_card_of, _card_parts, _rendered_card, _scanned, _segments_of, _authors_marked):
         cache.cache_clear()
     _LAYOUTS.clear()
+    _PREPARED.clear()
 
 
 # -- the frame of a digest: rendered for each, CSS-inlined once per layout ----------------------
@@ -677,6 +711,8 @@ def _frame_parts(environment: jinja2.Environment, values: dict) -> list:
                 if parts is None or "".join(_CARDS_HERE if p is None else p[0] for p in parts) != whole:
                     layout = None
         _LAYOUTS[key] = layout
+        if layout:
+            return parts  # the same parts as every later digest of this layout gets
     texts = whole.split(_CARDS_HERE)
     return [item for text in texts for item in ((text, False), None)][:-1]
 

@@ -173,6 +173,24 @@ def test_a_frame_filled_from_its_cached_layout_is_the_page_inlining_it_whole_mak
     assert layouts and all(layouts), "each layout is kept: its digests are filled in, not inlined whole"
 
 
+def test_cards_prepared_together_are_the_cards_made_one_by_one(tmp_path):
+    """A run inlines its digests' cards many to a page (prepare_cards); each must be what
+    inlining it alone makes, so every digest is the same either way."""
+    from bot.render import forget_cards, prepare_cards
+
+    watches = '[[watch]]\nname = "broad"\nquery = "model* OR data OR learning OR agent*"\n'
+    bob = subscriber_with(tmp_path, watches, max_papers=50)
+    digest = digest_of(bob, capture_papers())
+    forget_cards()
+    alone = render_digest(digest)
+    forget_cards()
+    assert prepare_cards(digest.matches) == len(digest.matches) > 20
+    assert prepare_cards(digest.matches) == 0  # made already
+    together = render_digest(digest)
+    forget_cards()
+    assert together == alone
+
+
 def test_the_same_digest_renders_the_same_bytes():
     first, second = render_digest(alice_digest()), render_digest(alice_digest())
     assert first == second
