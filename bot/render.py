@@ -498,7 +498,7 @@ def _card_html(environment: jinja2.Environment, card: PaperCard) -> str:
     digest's style sheet (no rule of which depends on what is around a card), alone or with
     the other cards `prepare_cards` makes at once. The HTML shows no rank: pass the card of
     rank 0, which every digest showing it shares."""
-    made = _PREPARED.get((id(environment), card))
+    made = _PREPARED.get((environment, card))
     return made if made is not None else _inlined_cards(environment, [card])[0]
 
 
@@ -517,7 +517,7 @@ def _inlined_cards(environment: jinja2.Environment, cards: Sequence[PaperCard]) 
     return made
 
 
-_PREPARED: dict[tuple[int, PaperCard], str] = {}
+_PREPARED: dict[tuple[jinja2.Environment, PaperCard], str] = {}
 _PREPARED_KEPT = 4 * _CARDS_CACHED
 _PREPARE_AT_ONCE = 200  # cards inlined in one page: most of the gain, a page of a few MB
 
@@ -530,13 +530,13 @@ def prepare_cards(matches: Iterable[Match], environment: jinja2.Environment | No
     wanted = {}
     for match in matches:
         card = _card_of(match.paper, tuple(match.watches), tuple(match.hits), tuple(match.reasons))
-        if (id(environment), card) not in _PREPARED:
+        if (environment, card) not in _PREPARED:
             wanted[card] = None
     cards = list(wanted)[: max(0, _PREPARED_KEPT - len(_PREPARED))]
     for start in range(0, len(cards), _PREPARE_AT_ONCE):
         chunk = cards[start : start + _PREPARE_AT_ONCE]
         for card, html in zip(chunk, _inlined_cards(environment, chunk), strict=True):
-            _PREPARED[(id(environment), card)] = html
+            _PREPARED[(environment, card)] = html
     return len(cards)
 
 
@@ -567,7 +567,9 @@ _MARKUP = re.compile(
     r"<!--.*?-->|<![^>]*>|<(/?)([A-Za-z][^\s/>]*)((?:\s+[^\s\"'=<>/]+(?:=\"[^\"]*\")?)*)\s*/?>", re.S
 )
 _ATTRIBUTE = re.compile(r"([^\s\"'=<>/]+)(?:=\"([^\"]*)\")?")
-_LAYOUTS: dict[tuple[int, str], tuple | None] = {}  # (environment, skeleton) -> pieces; None: inline whole
+_LAYOUTS: dict[
+    tuple[jinja2.Environment, str], tuple | None
+] = {}  # (environment, skeleton) -> pieces; None: inline whole
 _LAYOUTS_KEPT = 256
 _recording: ContextVar[list | None] = ContextVar("paperbot_frame_values", default=None)
 
@@ -694,7 +696,7 @@ def _frame_parts(environment: jinja2.Environment, values: dict) -> list:
         skeleton = frame.render(values, cards=_CARDS_HERE)
     finally:
         _recording.reset(token)
-    key = (id(environment), skeleton)
+    key = (environment, skeleton)
     layout = _LAYOUTS.get(key, False)
     if layout:
         parts = _filled(layout, printed)

@@ -339,13 +339,16 @@ def _migrate_5(db: sqlite_utils.Database) -> None:
         "insert into delivery_messages (delivery_id, message)"
         " select id, message from deliveries where message is not null"
     )
-    db.execute("alter table deliveries drop column message")
+    if sqlite3.sqlite_version_info >= (3, 35):  # DROP COLUMN; older SQLite keeps it, empty
+        db.execute("alter table deliveries drop column message")
+    else:
+        db.execute("update deliveries set message = null")
 
 
 MIGRATIONS = [_migrate_1, _migrate_2, _migrate_3, _migrate_4, _migrate_5]
 # A ledger row with its message (Store._delivery reads both).
 _DELIVERIES = (
-    "select deliveries.*, delivery_messages.message from deliveries"
+    "select deliveries.*, delivery_messages.message as stored_message from deliveries"
     " left join delivery_messages on delivery_messages.delivery_id = deliveries.id"
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -645,7 +648,7 @@ class Store:
             attempts=row["attempts"] or 0,
             paper_ids=tuple(papers),
             message_id=row["message_id"],
-            message=row["message"],
+            message=row["stored_message"],
             subject=row["subject"],
             last_error=row["last_error"],
             window_start=_parse_time(row["window_start"]),
