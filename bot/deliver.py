@@ -364,7 +364,8 @@ def send_due(
 
     Each "sent" is committed right after the server's 250, so a crash of paperbot never sends
     a digest twice but in that instant; the records wait for the disk (a power cut) together,
-    at most every `sync_every` seconds and at the end, not one fsync per message."""
+    between messages once `sync_every` seconds have passed, and at the end: not one fsync
+    per message."""
     owner = _owner()
     outcomes: list[Outcome] = []
     synced, unsynced = monotonic(), False
@@ -376,11 +377,10 @@ def send_due(
             if outcome is None:
                 continue
             outcomes.append(outcome)
-            if outcome.status == "sent":
-                unsynced = True
-                if monotonic() - synced >= sync_every:
-                    store.sync()
-                    synced, unsynced = monotonic(), False
+            unsynced = True  # a "sent", and the parts of one, and failures too
+            if monotonic() - synced >= sync_every:
+                store.sync()
+                synced, unsynced = monotonic(), False
     finally:
         if unsynced:
             store.sync()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import re
+import secrets
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -471,7 +472,8 @@ class _RankMark(int):
         return _RANK
 
 
-_RANK = "\ue002"  # a private-use character, in no paper's text
+# Unguessable, so no paper, name or watch can hold it (a title holding it would be renumbered).
+_RANK = f"\ue002{secrets.token_hex(8)}\ue002"
 
 
 @lru_cache(maxsize=_CARDS_CACHED)
@@ -532,7 +534,9 @@ def prepare_cards(matches: Iterable[Match], environment: jinja2.Environment | No
         card = _card_of(match.paper, tuple(match.watches), tuple(match.hits), tuple(match.reasons))
         if (environment, card) not in _PREPARED:
             wanted[card] = None
-    cards = list(wanted)[: max(0, _PREPARED_KEPT - len(_PREPARED))]
+    if len(_PREPARED) + len(wanted) > _PREPARED_KEPT:
+        _PREPARED.clear()  # the cards of earlier runs: those still shown are in _rendered_card's cache
+    cards = list(wanted)[:_PREPARED_KEPT]
     for start in range(0, len(cards), _PREPARE_AT_ONCE):
         chunk = cards[start : start + _PREPARE_AT_ONCE]
         for card, html in zip(chunk, _inlined_cards(environment, chunk), strict=True):
@@ -577,8 +581,12 @@ _recording: ContextVar[list | None] = ContextVar("paperbot_frame_values", defaul
 @jinja2.pass_context  # so that Jinja never applies it at compile time, to constant output
 def _finalize(context, value):
     values = _recording.get()
-    if values is None or hasattr(value, "__html__"):
-        return value  # markup (the cards' place) stays in the skeleton as it is
+    if values is None:
+        return value
+    if hasattr(value, "__html__"):
+        if value != _CARDS_HERE:
+            values.append(_UNFILLABLE)  # markup made per digest: this frame is inlined whole
+        return value  # the cards' place stays in the skeleton as it is
     values.append(value)
     return f"\ue000{len(values) - 1}\ue001"
 
@@ -686,16 +694,48 @@ def _filled(layout: tuple, values: list) -> list | None:
     return parts
 
 
+_UNFILLABLE = object()
+# Template code that changes what a value prints after Jinja printed it (a filter block, a block
+# assigned to a variable, a macro or call block): a frame using any is inlined whole each time.
+_TRANSFORMING = (
+    jinja2.nodes.FilterBlock,
+    jinja2.nodes.AssignBlock,
+    jinja2.nodes.Macro,
+    jinja2.nodes.CallBlock,
+)
+_USING = (jinja2.nodes.Include, jinja2.nodes.Extends, jinja2.nodes.Import, jinja2.nodes.FromImport)
+
+
+@lru_cache(maxsize=8)
+def _fillable(environment: jinja2.Environment, name: str = "digest.html.j2") -> bool:
+    """Whether template `name` (and what it includes) prints its values as they are, so a
+    layout's holes can be filled."""
+    if environment.loader is None:
+        return False
+    tree = environment.parse(environment.loader.get_source(environment, name)[0])
+    if any(True for kind in _TRANSFORMING for _ in tree.find_all(kind)):
+        return False
+    for node in tree.find_all(_USING):
+        used = node.template
+        if not isinstance(used, jinja2.nodes.Const) or not _fillable(environment, used.value):
+            return False
+    return True
+
+
 def _frame_parts(environment: jinja2.Environment, values: dict) -> list:
     """The frame of a digest, CSS-inlined (through its layout's skeleton when it has one), in
     parts: (text, shared), and None where the cards go."""
     frame = environment.get_template("digest.html.j2")
+    if not _fillable(environment):
+        return _whole_frame(frame, values)
     printed: list = []
     token = _recording.set(printed)
     try:
         skeleton = frame.render(values, cards=_CARDS_HERE)
     finally:
         _recording.reset(token)
+    if _UNFILLABLE in printed:
+        return _whole_frame(frame, values)
     key = (environment, skeleton)
     layout = _LAYOUTS.get(key, False)
     if layout:
@@ -703,9 +743,9 @@ def _frame_parts(environment: jinja2.Environment, values: dict) -> list:
         if parts is not None:
             return parts
     whole = _inliner().inline(frame.render(values, cards=_CARDS_HERE))
-    if layout is False:  # a layout not seen yet: keep it if it makes this very page
+    if layout is False and len(_LAYOUTS) < _LAYOUTS_KEPT:  # new: keep it if it makes this page
         layout = None
-        if len(_LAYOUTS) < _LAYOUTS_KEPT and skeleton.count("\ue000") == len(printed):
+        if skeleton.count("\ue000") == len(printed):
             pieces = _skeleton_pieces(_inliner().inline(skeleton), len(printed))
             if pieces is not None:
                 layout = _layout(pieces)
@@ -715,8 +755,15 @@ def _frame_parts(environment: jinja2.Environment, values: dict) -> list:
         _LAYOUTS[key] = layout
         if layout:
             return parts  # the same parts as every later digest of this layout gets
-    texts = whole.split(_CARDS_HERE)
-    return [item for text in texts for item in ((text, False), None)][:-1]
+    return _split_frame(whole)
+
+
+def _whole_frame(frame: jinja2.Template, values: dict) -> list:
+    return _split_frame(_inliner().inline(frame.render(values, cards=_CARDS_HERE)))
+
+
+def _split_frame(page: str) -> list:
+    return [item for text in page.split(_CARDS_HERE) for item in ((text, False), None)][:-1]
 
 
 # -- a digest ----------------------------------------------------------------------------------

@@ -329,14 +329,16 @@ def _migrate_4(db: sqlite_utils.Database) -> None:
 
 def _migrate_5(db: sqlite_utils.Database) -> None:
     """Each digest's message in a table of its own: a digest's row changes state several times
-    (claimed, sent), and SQLite rewrote the whole row, its 30 KB message with it, each time."""
-    db["delivery_messages"].create(
-        {"delivery_id": int, "message": bytes},
-        pk="delivery_id",
-        foreign_keys=[("delivery_id", "deliveries", "id")],
-    )
+    (claimed, sent), and SQLite rewrote the whole row, its 30 KB message with it, each time.
+    Safe to run again after an interruption (its steps are not one transaction)."""
     db.execute(
-        "insert into delivery_messages (delivery_id, message)"
+        "create table if not exists delivery_messages"
+        " (delivery_id integer primary key references deliveries(id), message blob)"
+    )
+    if "message" not in db["deliveries"].columns_dict:
+        return
+    db.execute(
+        "insert or ignore into delivery_messages (delivery_id, message)"
         " select id, message from deliveries where message is not null"
     )
     if sqlite3.sqlite_version_info >= (3, 35):  # DROP COLUMN; older SQLite keeps it, empty

@@ -191,6 +191,40 @@ def test_cards_prepared_together_are_the_cards_made_one_by_one(tmp_path):
     assert together == alone
 
 
+def test_a_frame_template_that_transforms_printed_values_is_inlined_whole_each_time(tmp_path):
+    """Holes are filled with values as printed: a frame whose template changes printed output
+    (here a filter block) must not be filled from another digest's layout."""
+    import shutil
+
+    folder = tmp_path / "templates"
+    shutil.copytree(templates_dir(), folder)
+    frame = folder / "digest.html.j2"
+    source = frame.read_text(encoding="utf-8")
+    shown = "{{ subscriber.email or subscriber.name }}"
+    assert shown in source
+    frame.write_text(
+        source.replace(shown, "{% filter title %}" + shown + "{% endfilter %}"), encoding="utf-8"
+    )
+    environment = make_environment(folder)
+    bob = subscriber_with(tmp_path, '[[watch]]\nname = "m"\nquery = "model*"\n', max_papers=2)
+    for person in ("Bob", "carol smith"):
+        who = dataclasses.replace(bob, name=person, email="")
+        digest = build_digest(
+            who, match_papers(capture_papers(), WatchIndex([who])), generated_at=NOW, links=LINKS
+        )
+        html = render_digest(digest, environment).html
+        assert html == inlined_whole(digest, environment)
+    assert "Carol Smith subscribes" in html
+
+
+def test_a_title_with_private_use_characters_keeps_them_and_its_rank(tmp_path):
+    paper = Paper(id="2606.00001", title="Model \ue002 \ue000 0 \ue001 of rank", abstract="A model.")
+    bob = subscriber_with(tmp_path, '[[watch]]\nname = "m"\nquery = "model"\n')
+    rendered = render_digest(digest_of(bob, [paper]))
+    assert "1. *Model* \ue002 \ue000 0 \ue001 of rank" in rendered.text
+    assert "Model</mark> \ue002 \ue000 0 \ue001 of rank" in rendered.html
+
+
 def test_the_same_digest_renders_the_same_bytes():
     first, second = render_digest(alice_digest()), render_digest(alice_digest())
     assert first == second

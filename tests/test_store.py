@@ -277,13 +277,14 @@ def test_reopening_keeps_the_data_and_does_not_migrate_again(tmp_path, caplog):
     assert user_version(path) == SCHEMA_VERSION
 
 
+@pytest.mark.parametrize("interrupted", [False, True])
 @pytest.mark.parametrize("sqlite_version", [sqlite3.sqlite_version_info, (3, 34, 1)])
 def test_a_ledger_of_schema_4_keeps_its_messages_when_they_move_to_their_own_table(
-    tmp_path, monkeypatch, sqlite_version
+    tmp_path, monkeypatch, sqlite_version, interrupted
 ):
     """Schema 5 keeps each digest's message apart from its row; a ledger made before keeps its
     pending digests' bytes, so their retries send the same message. SQLite before 3.35 (Debian
-    11) cannot drop the old column: it stays, emptied."""
+    11) cannot drop the old column: it stays, emptied. An upgrade killed halfway is finished."""
     import sqlite_utils
 
     from bot.store import MIGRATIONS
@@ -308,6 +309,10 @@ def test_a_ledger_of_schema_4_keeps_its_messages_when_they_move_to_their_own_tab
         }
     )
     db.conn.commit()
+    if interrupted:  # a run killed after the table was made and the messages copied
+        db.execute("create table delivery_messages (delivery_id integer primary key, message blob)")
+        db.execute("insert into delivery_messages select id, message from deliveries")
+        db.conn.commit()
     db.close()
     with open_store(path) as store:
         (delivery,) = store.deliveries_to_send(T0 + timedelta(days=1))

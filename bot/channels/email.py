@@ -130,6 +130,8 @@ class SmtpSender:
         are read together: two round trips a message instead of smtplib's four, and none of its
         per-line rewriting of bytes that are already CRLF. Replies raise what smtplib.sendmail
         raises, so both paths end the same way."""
+        if "\r" in recipient or "\n" in recipient:  # smtplib refuses these too; here before any write
+            raise PermanentError(f"{recipient!r} is not one address: it holds a line break")
         smtp.ehlo_or_helo_if_needed()
         if not smtp.has_extn("pipelining"):
             return smtp.sendmail(self.sender, [recipient], data)
