@@ -163,11 +163,15 @@ class WatchIndex:
         self.ids: list[str] = []  # slot -> its subscriber's id
         self.names: list[tuple[str]] = []  # slot -> (its name,), one tuple per name: watches are often alike
         names: dict[str, tuple[str]] = {}
+        # The ids the matches hold are copies made here in one go, in sorted order: near each
+        # other in memory, not each among its subscriber's objects. Matching reads one per
+        # match, and sorting the matches ~17, in an order that the copies' order follows.
+        copies = {sid: sid.encode().decode() for sid in sorted(by_id)}
         for same in by_id.values():
             for subscriber in same:
                 for watch in subscriber.watches:
                     self.watches.append(watch)
-                    self.ids.append(subscriber.id)
+                    self.ids.append(copies[subscriber.id])
                     self.names.append(names.setdefault(watch.name, (watch.name,)))
         self.every = _WatchSet(range(len(self.watches)), self)
         self.rising = _WatchSet(
