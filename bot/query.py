@@ -597,6 +597,7 @@ class QueryIndex:
         either: list[list[int]] = [[] for _ in self._leaves]  # leaf -> the queries of leaves ORed with it
         anchored: list[list[int]] = [[] for _ in self._leaves]  # leaf -> larger queries anchored on it
         self._unanchored: list[int] = []
+        paired: dict[int, dict[int, list[int]]] = {}  # leaf -> another leaf -> queries requiring both
         self._larger: list[_Larger | None] = [None] * len(self.queries)  # by number; None: a leaf alone
         for number, query in enumerate(self.queries):
             if isinstance(query, Term | Phrase):
@@ -610,10 +611,23 @@ class QueryIndex:
             anchors = anchor_leaves(query)
             if anchors is None:
                 self._unanchored.append(number)
+            elif larger.kind == "all" and len(larger.required) > 1:
+                # Leaves ANDed: filed under their anchor and another of them, so that a paper
+                # tries only those whose two leaves it holds, found by one set intersection
+                # (two in three of those anchored alone lacked the second leaf).
+                (anchor,) = anchors
+                first = numbers[anchor]
+                partner = min((self._leaves[n] for n in larger.required if n != first), key=_commonness)
+                paired.setdefault(first, {}).setdefault(numbers[partner], []).append(number)
+                continue
             for leaf in anchors or ():
                 anchored[numbers[leaf]].append(number)
         self._either = tuple(tuple(found) for found in either)
         self._anchored = tuple(tuple(found) for found in anchored)
+        self._paired = {
+            first: {partner: tuple(queries) for partner, queries in partners.items()}
+            for first, partners in paired.items()
+        }
         # Per field, the leaves looked for in it: by word, by prefix, by the first two or three
         # words of a phrase. Found so, a leaf is in the paper, but for a phrase of four words
         # or more, which is checked.
@@ -704,7 +718,7 @@ class QueryIndex:
 
         matched: dict[int, tuple[Hit, ...]] = {}
         candidates = set(self._unanchored)
-        either, anchored, larger = self._either, self._anchored, self._larger
+        either, anchored, paired, larger = self._either, self._anchored, self._paired, self._larger
         seen: set[int] = set()
         several: set[int] = set()  # ORs of which several leaves are found
         for number in found:
@@ -714,6 +728,9 @@ class QueryIndex:
                 seen.update(queries)
                 matched.update(dict.fromkeys(queries, hits_of(number)))
             candidates.update(anchored[number])
+            if (partners := paired.get(number)) is not None:
+                for partner in partners.keys() & found:
+                    candidates.update(partners[partner])
         for number in several:
             matched[number] = hits_of_all(larger[number].sources(found))  # type: ignore[union-attr,arg-type]
         for number in candidates:
