@@ -765,6 +765,9 @@ class _Larger:
     required: tuple[int, ...]  # sorted: a key for the hits of these leaves together
     leaves: tuple[int, ...]  # "all": the leaves it excludes; "any": its leaves
     tree: _Compiled | None = None
+    # "tree": sets of leaves it needs one of each of, the anchors of an AND's parts: the tree is
+    # evaluated only where they are found (for (a OR b) c, found on c, one time in 40)
+    needs: tuple[tuple[int, ...], ...] = ()
 
     @classmethod
     def of(cls, query: Node, numbers: Mapping[Leaf, int]) -> _Larger:
@@ -778,7 +781,12 @@ class _Larger:
             return cls("all", required, tuple(sorted(excluded)))
         if isinstance(query, Or) and all(isinstance(child, Term | Phrase) for child in query.children):
             return cls("any", required, tuple(sorted({numbers[child] for child in query.children})))
-        return cls("tree", required, (), _compile(query, numbers))
+        needs = set()
+        for child in query.children if isinstance(query, And) else ():
+            anchors = anchor_leaves(child)
+            if anchors is not None and len(anchors) > 1:
+                needs.add(tuple(sorted(numbers[leaf] for leaf in anchors)))
+        return cls("tree", required, (), _compile(query, numbers), tuple(sorted(needs)))
 
     def sources(self, found: set[int]) -> Collection[int] | None:
         """None if the query does not match a paper that contains the leaves `found` (and the
@@ -787,6 +795,9 @@ class _Larger:
             return self.required if found.isdisjoint(self.leaves) else None
         if self.kind == "any":
             return found.intersection(self.leaves) or None
+        for leaves in self.needs:
+            if found.isdisjoint(leaves):
+                return None
         sources = _sources(self.tree, found)  # type: ignore[arg-type]
         return None if sources is None else frozenset(sources)
 

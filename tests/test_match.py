@@ -123,11 +123,20 @@ def test_matching_leaves_the_garbage_collector_as_it_found_it():
 
 
 VOCABULARY = ["model*", "agent", "diffusion", '"language model"', "reasoning", "video", "RL", "benchmark"]
-query_strategy = st.lists(st.sampled_from(VOCABULARY), min_size=1, max_size=3).map(" ".join) | st.builds(
-    lambda a, b, neg: f"({a} OR {b}) -{neg}",
-    st.sampled_from(VOCABULARY),
-    st.sampled_from(VOCABULARY),
-    st.sampled_from(["survey", "image", "agent"]),
+query_strategy = (
+    st.lists(st.sampled_from(VOCABULARY), min_size=1, max_size=3).map(" ".join)
+    | st.builds(
+        lambda a, b, neg: f"({a} OR {b}) -{neg}",
+        st.sampled_from(VOCABULARY),
+        st.sampled_from(VOCABULARY),
+        st.sampled_from(["survey", "image", "agent"]),
+    )
+    | st.builds(
+        lambda a, b, c: f"({a} OR {b}) {c}",
+        st.sampled_from(VOCABULARY),
+        st.sampled_from(VOCABULARY),
+        st.sampled_from(VOCABULARY),
+    )
 )
 watch_strategy = st.builds(
     lambda q, up, code: watch("w", q, min_upvotes=up, has_code=code),
