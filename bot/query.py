@@ -697,14 +697,17 @@ class QueryIndex:
             if hits is None:
                 found.discard(number)
             else:
-                leaf_hits[number] = _sorted_hits(hits)
+                leaf_hits[number] = tuple(hits)  # in order already: see hits_of
         # `found` now holds exactly the leaves the paper contains: which queries match is set
         # logic; hits are made once per leaf, and only for the queries that match.
 
         def hits_of(number: int) -> tuple[Hit, ...]:
+            # One leaf's hits need no _sorted_hits: _match_term and _match_phrase give them
+            # field after field in FIELDS order, in a field by position, one per position, so
+            # unique and in _hit_order already.
             hits = leaf_hits.get(number)
             if hits is None:
-                hits = leaf_hits[number] = _sorted_hits(_match_leaf(leaves[number], text) or [])
+                hits = leaf_hits[number] = tuple(_match_leaf(leaves[number], text) or ())
             return hits
 
         joined: dict[frozenset[int], tuple[Hit, ...]] = {}  # the hits of several leaves together
