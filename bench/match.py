@@ -23,6 +23,8 @@ subscribers, scaled), and on --naive-subscribers subscribers for the D days, sca
 by the number of watches (the naive loop's cost is one try per watch per paper). The index's
 matches are checked equal to the naive ones wherever both ran. Memory is what the subscribers and the
 index add to the resident set (what a daemon holds), and the peak of the whole bench process.
+The load averages at the start and the end tell how busy the machine was: other work on it
+slows every figure, the index's and the naive loop's alike, by 20-30% or more.
 
 Goals (issue 3): one day under 1 s, at least 50x the naive loop, under 500 MB.
 """
@@ -309,6 +311,11 @@ def peak_megabytes() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KiB on Linux
 
 
+def load_average() -> str:
+    """The system's load averages: other work on the machine slows every figure here."""
+    return ", ".join(f"{load:.2f}" for load in os.getloadavg())
+
+
 def line(label: str, value: str) -> None:
     print(f"  {label:<50} {value}")
 
@@ -338,6 +345,7 @@ def main() -> int:
     print("paperbot match benchmark")
     line("history", str(history))
     line("machine", f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
+    line("load average at the start (1, 5, 15 min)", load_average())
 
     # -- inputs (not timed against the goals) ---------------------------------------------
     captures = [c for c in read_capture(history) if c.papers]
@@ -446,6 +454,7 @@ def main() -> int:
         f"subscribers {subscribers_megabytes:.0f} MB, index {index_megabytes:.0f} MB)",
     )
     line("peak resident set, whole bench process", f"{peak:6.0f} MB (history and kept results included)")
+    line("load average at the end (1, 5, 15 min)", load_average())
     line("same matches", "yes" if day_same and days_same else "NO")
     return 0 if day_same and days_same else 1
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain, compress, repeat
-from operator import attrgetter, not_
+from operator import attrgetter, is_not, itemgetter, not_, sub
 
 from bot.models import Paper, Subscriber, Watch
 from bot.query import Hit, Node, PaperText, QueryIndex, index_paper, match_query
@@ -31,6 +31,8 @@ FIELD_WEIGHTS = {"title": 3.0, "author": 3.0, "keyword": 2.0, "org": 2.0, "abstr
 _NO_THRESHOLDS = (0, 0, False, None)
 _field_name = attrgetter("field")
 _score_of = attrgetter("score")
+_hits_in, _score_in = itemgetter(0), itemgetter(1)
+_one_more = (1).__add__
 _subscriber_id = attrgetter("subscriber_id")
 
 
@@ -115,9 +117,10 @@ class _WatchSet:
         self.ids: list[str] = []  # position -> subscriber id
         self.names: list[tuple[str]] = []  # position -> the watch's name, as Match.watches has it
         self.first_member = array("i")  # group -> its first position (and one past the last)
-        self.checks: list[Watch | None] = []  # group -> a watch to check its thresholds on, if any
-        # group -> subscribers with several of its watches (the same query and thresholds twice)
-        self.repeated: dict[int, set[str]] = {}
+        self.query_of = array("i")  # group -> its query number
+        self.kind_of = array("i")  # group -> the number of its thresholds
+        # thresholds' number -> a watch to check them on (None: no thresholds, kind 0)
+        self.kinds: list[Watch | None] = [None] * len(kinds)
         self.first_group = array("i", [0]) * (unqueried + 2)  # query -> its first group (and one past)
         previous, next_query = -1, 0
         for position, taken_at in enumerate(order):
@@ -128,16 +131,17 @@ class _WatchSet:
             if group != previous:
                 query, kind = divmod(group, len(kinds))
                 while next_query <= query:  # queries without watches here have no groups
-                    self.first_group[next_query] = len(self.checks)
+                    self.first_group[next_query] = len(self.kind_of)
                     next_query += 1
                 self.first_member.append(position)
-                self.checks.append(index.watches[slot] if kind else None)
+                self.query_of.append(query)
+                self.kind_of.append(kind)
+                if kind:
+                    self.kinds[kind] = index.watches[slot]
                 previous = group
-            elif self.ids[-1] == self.ids[-2]:  # a subscriber's watches are in a row
-                self.repeated.setdefault(len(self.checks) - 1, set()).add(self.ids[-1])
         self.first_member.append(len(self.slots))
         for query in range(next_query, unqueried + 2):
-            self.first_group[query] = len(self.checks)
+            self.first_group[query] = len(self.kind_of)
 
     def __bool__(self) -> bool:
         return bool(self.slots)
@@ -159,11 +163,15 @@ class WatchIndex:
         self.ids: list[str] = []  # slot -> its subscriber's id
         self.names: list[tuple[str]] = []  # slot -> (its name,), one tuple per name: watches are often alike
         names: dict[str, tuple[str]] = {}
+        # The ids the matches hold are copies made here in one go, in sorted order: near each
+        # other in memory, not each among its subscriber's objects. Matching reads one per
+        # match, and sorting the matches ~17, in an order that the copies' order follows.
+        copies = {sid: sid.encode().decode() for sid in sorted(by_id)}
         for same in by_id.values():
             for subscriber in same:
                 for watch in subscriber.watches:
                     self.watches.append(watch)
-                    self.ids.append(subscriber.id)
+                    self.ids.append(copies[subscriber.id])
                     self.names.append(names.setdefault(watch.name, (watch.name,)))
         self.every = _WatchSet(range(len(self.watches)), self)
         self.rising = _WatchSet(
@@ -177,53 +185,63 @@ class WatchIndex:
         """Add the matches of one paper among `watches` (all, or the rising ones) to `into`."""
         hits = watches.queries.match(index_paper(paper))
         hits[watches.unqueried] = ()
-        first_group, checks, repeated = watches.first_group, watches.checks, watches.repeated
-        first_member, ids, names = watches.first_member, watches.ids, watches.names
-        # The matches are made column by column (see _make_matches): per accepted group, its
-        # members' ids and names, and what they share, with how many share it.
-        columns: tuple[list, list, list, list, list, list] = ([], [], [], [], [], [])
-        owners, watch_names, counts, scores, shown_hits, all_reasons = columns
-        accepted: list[tuple[list[str], int, int, str]] = []  # (owners, first position, query, reason)
-        seen: set[str] = set()
-        several: set[str] = set()  # subscribers with several watches matching: joined in one match
+        first_group, first_member, kind_of = watches.first_group, watches.first_member, watches.kind_of
+        # Everything below is done a column at a time by C-level maps (a Python loop per group
+        # took a third of a day's time): the groups of the queries that matched, those whose
+        # thresholds the paper passes, their members and what they share.
+        numbers = list(hits)
+        starts = list(map(first_group.__getitem__, numbers))
+        stops = list(map(first_group.__getitem__, map(_one_more, numbers)))
+        groups = list(chain.from_iterable(map(range, starts, stops)))
         # The hits of many queries are one shared tuple (see QueryIndex.match): its order and
         # score are worked out once, by its identity.
-        shown: dict[int, tuple[tuple[Hit, ...], float]] = {}
-        for number, found in hits.items():
-            for group in range(first_group[number], first_group[number + 1]):
-                watch = checks[group]
-                reason = "" if watch is None else watch_accepts(watch, paper, before)
-                if reason is None:
-                    continue
-                start, stop = first_member[group], first_member[group + 1]
-                members = ids[start:stop]
-                if not seen.isdisjoint(members):
-                    several.update(seen.intersection(members))
-                if group in repeated:
-                    several.update(repeated[group])
-                seen.update(members)
-                accepted.append((members, start, number, reason))
-                view = shown.get(id(found))
-                if view is None:
-                    # Query hits are unique, in (field order, start, end, term) order: sorted
-                    # stably by field name, they are in the order _unique gives.
-                    ordered = tuple(sorted(found, key=_field_name))
-                    view = shown[id(found)] = (ordered, _score(paper, ordered))
-                owners += members
-                watch_names += names[start:stop]
-                counts.append(stop - start)
-                scores.append(view[1])
-                shown_hits.append(view[0])
-                all_reasons.append((reason,) if reason else ())
-        made = _make_matches(paper, *columns)
-        # Those of subscribers with several watches matching are left out, with C-level maps.
-        into += compress(made, map(not_, map(several.__contains__, owners))) if several else made
-        joined: defaultdict[str, list[tuple[int, int, str]]] = defaultdict(list)
-        for members, start, number, reason in accepted if several else ():
-            if not several.isdisjoint(members):
-                for position, owner in enumerate(members, start):
-                    if owner in several:
-                        joined[owner].append((watches.slots[position], number, reason))
+        shown = {id(found): found for found in hits.values()}
+        for key, found in shown.items():
+            # Query hits are unique, in (field order, start, end, term) order: sorted stably
+            # by field name, they are in the order _unique gives.
+            ordered = tuple(sorted(found, key=_field_name))
+            shown[key] = (ordered, _score(paper, ordered))
+        per_query = map(shown.__getitem__, map(id, hits.values()))
+        views = chain.from_iterable(map(repeat, per_query, map(sub, stops, starts)))
+        # Thresholds are checked once per paper for each set of them: a tuple of reasons where
+        # they let the paper through (empty, or why it rose), None where not.
+        kinds = list(map(kind_of.__getitem__, groups))
+        verdicts = {kind: _verdict(watches.kinds[kind], paper, before) for kind in set(kinds)}
+        reasons = list(map(verdicts.__getitem__, kinds))
+        passed = list(map(is_not, reasons, repeat(None)))
+        accepted = list(compress(groups, passed))
+        views = list(compress(views, passed))
+        reasons = list(compress(reasons, passed))
+        member_starts = list(map(first_member.__getitem__, accepted))
+        member_stops = list(map(first_member.__getitem__, map(_one_more, accepted)))
+        counts = list(map(sub, member_stops, member_starts))
+        positions = list(chain.from_iterable(map(range, member_starts, member_stops)))
+        owners = list(map(watches.ids.__getitem__, positions))
+        made = _make_matches(
+            paper,
+            owners,
+            list(map(watches.names.__getitem__, positions)),
+            counts,
+            list(map(_score_in, views)),
+            list(map(_hits_in, views)),
+            reasons,
+        )
+        if len(set(owners)) == len(owners):
+            into += made
+            return
+        # A subscriber with several watches matching gets one match joining them: made apart.
+        several = _repeated(owners)
+        picked = list(map(several.__contains__, owners))
+        into += compress(made, map(not_, picked))
+        joined: defaultdict[str, list[tuple[int, int, tuple[str, ...]]]] = defaultdict(list)
+        member_groups = chain.from_iterable(map(repeat, range(len(accepted)), counts))
+        for position, owner, at in zip(
+            compress(positions, picked),
+            compress(owners, picked),
+            compress(member_groups, picked),
+            strict=True,
+        ):
+            joined[owner].append((watches.slots[position], watches.query_of[accepted[at]], reasons[at]))
         for subscriber_id, entries in joined.items():
             entries.sort()  # the watches in their order
             into.append(
@@ -232,9 +250,23 @@ class WatchIndex:
                     paper,
                     [self.watches[slot].name for slot, _, _ in entries],
                     [hit for _, number, _ in entries for hit in hits[number]],
-                    [reason for _, _, reason in entries if reason],
+                    [reason for _, _, reason in entries for reason in reason],
                 )
             )
+
+
+def _repeated(items: list[str]) -> set[str]:
+    """The items found more than once."""
+    seen: set[str] = set()
+    return {item for item in items if item in seen or seen.add(item)}  # type: ignore[func-returns-value]
+
+
+def _verdict(watch: Watch | None, paper: Paper, before: int | None) -> tuple[str, ...] | None:
+    """What watch_accepts says, as Match.reasons has it: None, (), or (why the paper rose,)."""
+    if watch is None:
+        return ()
+    reason = watch_accepts(watch, paper, before)
+    return None if reason is None else (reason,) if reason else ()
 
 
 def watch_accepts(watch: Watch, paper: Paper, upvotes_before: int | None) -> str | None:
@@ -310,12 +342,22 @@ def _collect(
 @contextmanager
 def _cycles_not_collected() -> Iterator[None]:
     """Matching makes many small objects and no reference cycles: with 100,000 subscribers in
-    memory, the cycle collector's passes over them took a third of the time, for nothing."""
+    memory, the cycle collector's passes over them took a third of the time, for nothing.
+
+    Collection is off while matching; after it, what is young (the matches, mostly: 150,000
+    for a busy day) is moved to the oldest generation unexamined, by freezing and unfreezing
+    at once. Else the first young collection would go over every new match, a sixth of a
+    day's time, to find no cycle. Young garbage of the caller's, if any, is found by the next
+    full collection instead. Skipped if the caller froze objects (gc.freeze, before a fork):
+    unfreezing would undo that."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if not gc.get_freeze_count():
+            gc.freeze()
+            gc.unfreeze()
         if enabled:
             gc.enable()
 

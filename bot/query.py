@@ -597,6 +597,7 @@ class QueryIndex:
         either: list[list[int]] = [[] for _ in self._leaves]  # leaf -> the queries of leaves ORed with it
         anchored: list[list[int]] = [[] for _ in self._leaves]  # leaf -> larger queries anchored on it
         self._unanchored: list[int] = []
+        paired: dict[int, dict[int, list[int]]] = {}  # leaf -> another leaf -> queries requiring both
         self._larger: list[_Larger | None] = [None] * len(self.queries)  # by number; None: a leaf alone
         for number, query in enumerate(self.queries):
             if isinstance(query, Term | Phrase):
@@ -610,10 +611,23 @@ class QueryIndex:
             anchors = anchor_leaves(query)
             if anchors is None:
                 self._unanchored.append(number)
+            elif larger.kind == "all" and len(larger.required) > 1:
+                # Leaves ANDed: filed under their anchor and another of them, so that a paper
+                # tries only those whose two leaves it holds, found by one set intersection
+                # (two in three of those anchored alone lacked the second leaf).
+                (anchor,) = anchors
+                first = numbers[anchor]
+                partner = min((self._leaves[n] for n in larger.required if n != first), key=_commonness)
+                paired.setdefault(first, {}).setdefault(numbers[partner], []).append(number)
+                continue
             for leaf in anchors or ():
                 anchored[numbers[leaf]].append(number)
         self._either = tuple(tuple(found) for found in either)
         self._anchored = tuple(tuple(found) for found in anchored)
+        self._paired = {
+            first: {partner: tuple(queries) for partner, queries in partners.items()}
+            for first, partners in paired.items()
+        }
         # Per field, the leaves looked for in it: by word, by prefix, by the first two or three
         # words of a phrase. Found so, a leaf is in the paper, but for a phrase of four words
         # or more, which is checked.
@@ -683,14 +697,17 @@ class QueryIndex:
             if hits is None:
                 found.discard(number)
             else:
-                leaf_hits[number] = _sorted_hits(hits)
+                leaf_hits[number] = tuple(hits)  # in order already: see hits_of
         # `found` now holds exactly the leaves the paper contains: which queries match is set
         # logic; hits are made once per leaf, and only for the queries that match.
 
         def hits_of(number: int) -> tuple[Hit, ...]:
+            # One leaf's hits need no _sorted_hits: _match_term and _match_phrase give them
+            # field after field in FIELDS order, in a field by position, one per position, so
+            # unique and in _hit_order already.
             hits = leaf_hits.get(number)
             if hits is None:
-                hits = leaf_hits[number] = _sorted_hits(_match_leaf(leaves[number], text) or [])
+                hits = leaf_hits[number] = tuple(_match_leaf(leaves[number], text) or ())
             return hits
 
         joined: dict[frozenset[int], tuple[Hit, ...]] = {}  # the hits of several leaves together
@@ -704,7 +721,7 @@ class QueryIndex:
 
         matched: dict[int, tuple[Hit, ...]] = {}
         candidates = set(self._unanchored)
-        either, anchored, larger = self._either, self._anchored, self._larger
+        either, anchored, paired, larger = self._either, self._anchored, self._paired, self._larger
         seen: set[int] = set()
         several: set[int] = set()  # ORs of which several leaves are found
         for number in found:
@@ -714,6 +731,9 @@ class QueryIndex:
                 seen.update(queries)
                 matched.update(dict.fromkeys(queries, hits_of(number)))
             candidates.update(anchored[number])
+            if (partners := paired.get(number)) is not None:
+                for partner in partners.keys() & found:
+                    candidates.update(partners[partner])
         for number in several:
             matched[number] = hits_of_all(larger[number].sources(found))  # type: ignore[union-attr,arg-type]
         for number in candidates:
@@ -748,6 +768,9 @@ class _Larger:
     required: tuple[int, ...]  # sorted: a key for the hits of these leaves together
     leaves: tuple[int, ...]  # "all": the leaves it excludes; "any": its leaves
     tree: _Compiled | None = None
+    # "tree": sets of leaves it needs one of each of, the anchors of an AND's parts: the tree is
+    # evaluated only where they are found (for (a OR b) c, found on c, one time in 40)
+    needs: tuple[tuple[int, ...], ...] = ()
 
     @classmethod
     def of(cls, query: Node, numbers: Mapping[Leaf, int]) -> _Larger:
@@ -761,7 +784,12 @@ class _Larger:
             return cls("all", required, tuple(sorted(excluded)))
         if isinstance(query, Or) and all(isinstance(child, Term | Phrase) for child in query.children):
             return cls("any", required, tuple(sorted({numbers[child] for child in query.children})))
-        return cls("tree", required, (), _compile(query, numbers))
+        needs = set()
+        for child in query.children if isinstance(query, And) else ():
+            anchors = anchor_leaves(child)
+            if anchors is not None and len(anchors) > 1:
+                needs.add(tuple(sorted(numbers[leaf] for leaf in anchors)))
+        return cls("tree", required, (), _compile(query, numbers), tuple(sorted(needs)))
 
     def sources(self, found: set[int]) -> Collection[int] | None:
         """None if the query does not match a paper that contains the leaves `found` (and the
@@ -770,6 +798,9 @@ class _Larger:
             return self.required if found.isdisjoint(self.leaves) else None
         if self.kind == "any":
             return found.intersection(self.leaves) or None
+        for leaves in self.needs:
+            if found.isdisjoint(leaves):
+                return None
         sources = _sources(self.tree, found)  # type: ignore[arg-type]
         return None if sources is None else frozenset(sources)
 

@@ -6,6 +6,7 @@ present), real SQLite files, real subscription files.
 
 from __future__ import annotations
 
+import gc
 import json
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -104,12 +105,38 @@ def test_thresholds_filter_on_the_papers_counts():
     assert by["c"] == {p.id for p in papers if p.github_repo and (p.github_stars or 0) >= 10} != set()
 
 
+def test_matching_leaves_the_garbage_collector_as_it_found_it():
+    papers = real_papers()
+    index = WatchIndex([subscriber("bob", watch("agents", "agent*"))])
+    enabled = gc.isenabled()
+    try:
+        gc.disable()
+        assert match_papers(papers, index) and not gc.isenabled()
+        gc.enable()
+        assert match_papers(papers, index) and gc.isenabled()
+        gc.freeze()  # as a server does before forking: matching must not unfreeze it
+        frozen = gc.get_freeze_count()
+        assert match_papers(papers, index) and gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+        (gc.enable if enabled else gc.disable)()
+
+
 VOCABULARY = ["model*", "agent", "diffusion", '"language model"', "reasoning", "video", "RL", "benchmark"]
-query_strategy = st.lists(st.sampled_from(VOCABULARY), min_size=1, max_size=3).map(" ".join) | st.builds(
-    lambda a, b, neg: f"({a} OR {b}) -{neg}",
-    st.sampled_from(VOCABULARY),
-    st.sampled_from(VOCABULARY),
-    st.sampled_from(["survey", "image", "agent"]),
+query_strategy = (
+    st.lists(st.sampled_from(VOCABULARY), min_size=1, max_size=3).map(" ".join)
+    | st.builds(
+        lambda a, b, neg: f"({a} OR {b}) -{neg}",
+        st.sampled_from(VOCABULARY),
+        st.sampled_from(VOCABULARY),
+        st.sampled_from(["survey", "image", "agent"]),
+    )
+    | st.builds(
+        lambda a, b, c: f"({a} OR {b}) {c}",
+        st.sampled_from(VOCABULARY),
+        st.sampled_from(VOCABULARY),
+        st.sampled_from(VOCABULARY),
+    )
 )
 watch_strategy = st.builds(
     lambda q, up, code: watch("w", q, min_upvotes=up, has_code=code),
