@@ -191,9 +191,9 @@ def email_data(
             head,
             b"\r\n",
             delimiter,
-            _text_part("plain", rendered.text, rendered.text_parts),
+            _text_part("plain", rendered.text_parts),
             b"\r\n" + delimiter,
-            _text_part("html", rendered.html, rendered.html_parts),
+            _text_part("html", rendered.html_parts),
             f"\r\n--{boundary}--\r\n".encode("ascii"),
         ]
     )
@@ -262,12 +262,10 @@ def _encoded_words(value: str) -> str:
     )
 
 
-def _text_part(subtype: str, text: str, parts: tuple[tuple[str, bool], ...]) -> bytes:
-    """One quoted-printable part. Quoted-printable works line by line, so text cut at line ends
-    encodes piece by piece to the same bytes; the pieces other digests share (bot.render's
-    cards) are encoded once. `parts` (piece, shared) are used when they make `text`."""
-    if not parts or "".join([piece for piece, _ in parts]) != text:
-        parts = ((text, False),)
+def _text_part(subtype: str, parts: tuple[tuple[str, bool], ...]) -> bytes:
+    """One quoted-printable part from its pieces, (piece, shared). Quoted-printable works line by
+    line, so text cut at line ends encodes piece by piece to the same bytes; the pieces other
+    digests share (bot.render's cards) are encoded once."""
     encoded = []
     run: list[str] = []
     shared = True

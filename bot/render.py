@@ -80,16 +80,23 @@ _SNIPPET_FIELDS = frozenset({"title", "abstract", "keyword"})
 
 @dataclass(frozen=True, slots=True)
 class RenderedDigest:
-    """What a digest looks like: one header-safe subject line, the HTML and the plain text."""
+    """What a digest looks like: one header-safe subject line, the HTML and the plain text.
+
+    The HTML and the text are kept in pieces, (piece, shared): a shared one is the very string
+    every digest showing that card (or frame) holds, which bot.message encodes once."""
 
     subject: str
-    html: str
-    text: str
     shown: int  # papers shown; the rest of `Digest.total` are "and N more"
-    # The same HTML and text cut at line ends, the cards' pieces the very strings every digest
-    # showing them shares: bot.message encodes each such piece once (see `email_data`).
-    html_parts: tuple[tuple[str, bool], ...] = ()  # (piece, shared): they join to `html`
-    text_parts: tuple[tuple[str, bool], ...] = ()
+    html_parts: tuple[tuple[str, bool], ...]
+    text_parts: tuple[tuple[str, bool], ...]
+
+    @property
+    def html(self) -> str:
+        return "".join([piece for piece, _ in self.html_parts])
+
+    @property
+    def text(self) -> str:
+        return "".join([piece for piece, _ in self.text_parts])
 
 
 @dataclass(frozen=True, slots=True)
@@ -818,8 +825,6 @@ def render_digest(digest: Digest, environment: jinja2.Environment | None = None)
     text = _tidy_text(environment.get_template("digest.txt.j2").render(values, cards=cards_text))
     return RenderedDigest(
         subject=subject,
-        html="".join(text for text, _ in html_parts),
-        text=text,
         shown=shown,
         html_parts=tuple(html_parts),
         text_parts=_cut_at_shared(text, [part.text_shared for part in parts[:shown]]),

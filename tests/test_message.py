@@ -236,7 +236,9 @@ def test_an_email_encoded_piece_by_piece_is_the_email_encoded_whole(tmp_path):
         rendered = render_digest(digest)
         assert sum(shared for _, shared in rendered.html_parts) > rendered.shown  # the cards, the head
         assert sum(shared for _, shared in rendered.text_parts) >= rendered.shown
-        whole = dataclasses.replace(rendered, html_parts=(), text_parts=())
+        whole = dataclasses.replace(
+            rendered, html_parts=((rendered.html, False),), text_parts=((rendered.text, False),)
+        )
         assert email_data(digest, rendered, SETTINGS) == email_data(digest, whole, SETTINGS)
 
 
@@ -244,7 +246,9 @@ def test_a_body_line_starting_with_from_is_encoded():
     """mbox-storing mailers rewrite a line starting "From " as ">From ": its F is sent as =46."""
     digest = alice_digest()
     rendered = render_digest(digest)
-    rendered = dataclasses.replace(rendered, text="From the lab\nFrom here\n" + rendered.text)
+    rendered = dataclasses.replace(
+        rendered, text_parts=(("From the lab\nFrom here\n", False), *rendered.text_parts)
+    )
     data = email_data(digest, rendered, SETTINGS)
     assert not re.search(rb"^From ", data.split(b"\r\n\r\n", 1)[1], re.M)
     message = email.message_from_bytes(data, policy=email.policy.default)
