@@ -46,18 +46,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_TEXT_FIELDS = (
-    "title",
-    "abstract",
-    "github_repo",
-    "project_page",
-    "ai_summary",
-    "organization",
-    "organization_fullname",
-    "thumbnail",
-)
-_COUNT_FIELDS = ("upvotes", "num_comments", "github_stars")
-
 
 def format_time(moment: datetime) -> str:
     """UTC ISO text with a fixed width, so that text order is time order in SQL."""
