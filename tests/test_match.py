@@ -116,7 +116,9 @@ def test_matching_leaves_the_garbage_collector_as_it_found_it():
         assert match_papers(papers, index) and gc.isenabled()
         gc.freeze()  # as a server does before forking: matching must not unfreeze it
         frozen = gc.get_freeze_count()
-        assert match_papers(papers, index) and gc.get_freeze_count() == frozen
+        # Not unfrozen (the count would fall to 0) and nothing new frozen; a frozen object that
+        # is freed meanwhile (a temporary of the test's) leaves the count, so it may drop by a few.
+        assert match_papers(papers, index) and frozen // 2 < gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
         (gc.enable if enabled else gc.disable)()
