@@ -267,7 +267,9 @@ def reserve_digest(store: Store, plan: DigestPlan, compose: Compose, now: dateti
     total = len(plan.matches) - (len(plan.matches[: plan.subscriber.max_papers]) - len(shown))
     message, message_id, subject = compose(plan, shown, total)
     store.attach_message(delivery.id, message=message, message_id=message_id, subject=subject)
-    return store.get_delivery(delivery.id)
+    return dataclasses.replace(
+        delivery, state="pending", message=message, message_id=message_id, subject=subject
+    )
 
 
 def _reserve(store: Store, plan: DigestPlan, paper_ids: list[str], now: datetime) -> Delivery:

@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from email.utils import parseaddr
@@ -64,6 +65,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BUNDLED_CAPTURE = "hf_daily_papers_2026-06-12.json"
+RESERVE_BATCH = 64  # digests reserved and rendered to a ledger commit (see run_once)
 
 
 def _now() -> datetime:
@@ -440,21 +442,14 @@ def run_once(
         instants, _ = plan_digests(store, subscribers, clock(), kinds=senders.keys(), instant=True)
         plans += instants
         prepare_cards(m for plan in plans for m in plan.matches[: plan.subscriber.max_papers])
-        for plan in plans:
-            made: list[Made] = []
-            compose = _composer(mail, made)
-            try:
-                if dry_run:
-                    shown = plan.matches[: plan.subscriber.max_papers]
-                    compose(plan, shown, len(plan.matches))
-                else:
-                    reserve_digest(store, plan, compose, clock())
-            except (BotError, ValueError) as error:
-                errors.append(f"{plan.subscriber.id}/{plan.channel.name}: {error}")
-                log.error("cannot make the digest of %s/%s: %s", plan.subscriber.id, plan.channel.name, error)
-                continue
-            if made:
-                planned.append(made[-1])
+        # Reserved and rendered RESERVE_BATCH digests to a commit: nothing is sent before they
+        # are committed, and a crash before that loses only work, which the next run does again.
+        for start in range(0, len(plans), RESERVE_BATCH):
+            with nullcontext() if dry_run else store.batch():
+                for plan in plans[start : start + RESERVE_BATCH]:
+                    made = _make_one(store, plan, mail, clock, dry_run, errors)
+                    if made is not None:
+                        planned.append(made)
     if dry_run:
         return RunReport(fetched, tuple(planned), tuple(skipped), (), tuple(errors), source_error)
 
@@ -464,6 +459,31 @@ def run_once(
     if check_alerts(store, settings, subscription_errors, clock()):
         outcomes += send_due(store, senders, clock, retry_policy(settings), should_stop)
     return RunReport(fetched, tuple(planned), tuple(skipped), tuple(outcomes), tuple(errors), source_error)
+
+
+def _make_one(
+    store: Store,
+    plan: DigestPlan,
+    mail: MessageSettings,
+    clock: Callable[[], datetime],
+    dry_run: bool,
+    errors: list[str],
+) -> Made | None:
+    """Reserve and render one planned digest (in a dry run, only render it); None, with the
+    error noted, when it cannot be made."""
+    made: list[Made] = []
+    compose = _composer(mail, made)
+    try:
+        if dry_run:
+            shown = plan.matches[: plan.subscriber.max_papers]
+            compose(plan, shown, len(plan.matches))
+        else:
+            reserve_digest(store, plan, compose, clock())
+    except (BotError, ValueError) as error:
+        errors.append(f"{plan.subscriber.id}/{plan.channel.name}: {error}")
+        log.error("cannot make the digest of %s/%s: %s", plan.subscriber.id, plan.channel.name, error)
+        return None
+    return made[-1] if made else None
 
 
 def preview_digest(

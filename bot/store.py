@@ -379,6 +379,8 @@ class Store:
     def __init__(self, db: sqlite_utils.Database, path: str):
         self.db = db
         self.path = path
+        self._batched = False  # inside `batch`: each write is a savepoint of its transaction
+        self._durable_in_batch = False
 
     def close(self) -> None:
         """Close the connection."""
@@ -604,6 +606,17 @@ class Store:
         of paperbot, and waits for the disk only when `durable`, as an unsubscribe does.
         Its fsync also makes every commit before it durable."""
         conn = self.db.conn
+        if self._batched:
+            self._durable_in_batch |= durable
+            conn.execute("SAVEPOINT ledger_write")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK TO ledger_write")
+                conn.execute("RELEASE ledger_write")
+                raise
+            conn.execute("RELEASE ledger_write")
+            return
         if conn.in_transaction:
             conn.commit()
         if durable:
@@ -619,6 +632,25 @@ class Store:
         finally:
             if durable:
                 conn.execute("PRAGMA synchronous = NORMAL")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """The ledger writes made inside, in one transaction: each write is still whole or not
+        at all (a savepoint), but they reach the database together, at the end, with one commit
+        rather than one each. For writes that may be lost together, such as reserving and
+        rendering the digests of a run (a crash re-plans them); never around a send. A durable
+        write inside makes the whole batch wait for the disk."""
+        if self._batched:
+            yield
+            return
+        with self._immediate():
+            self._batched, self._durable_in_batch = True, False
+            try:
+                yield
+            finally:
+                self._batched = False
+        if self._durable_in_batch:
+            self.sync()
 
     def _delivery(self, row: dict) -> Delivery:
         papers = [
@@ -710,7 +742,20 @@ class Store:
                 " values (?, ?, ?, ?, ?)",
                 [(delivery_id, subscriber_id, channel, pid, rank) for rank, pid in enumerate(fresh, 1)],
             )
-        return self.get_delivery(delivery_id)
+        # The row as get_delivery would read it back, without reading it.
+        return Delivery(
+            id=delivery_id,
+            subscriber_id=subscriber_id,
+            channel=channel,
+            kind=kind,
+            period=period,
+            recipient=recipient,
+            state="new",
+            attempts=0,
+            paper_ids=tuple(fresh),
+            window_start=_parse_time(format_time(window_start)),
+            window_end=_parse_time(format_time(window_end)),
+        )
 
     def delivered_papers(self, subscriber_id: str, channel: str, paper_ids: list[str]) -> set[str]:
         """Which of these papers a digest of this subscriber and channel already holds."""

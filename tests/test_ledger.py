@@ -114,6 +114,45 @@ def test_a_batch_waits_for_the_disk_every_tenth_of_a_second_and_at_its_end(ledge
 # -- SMTP, against a real server on 127.0.0.1 --------------------------------------------------
 
 
+def test_writes_in_a_batch_reach_other_readers_together_and_a_failed_one_alone_is_undone(ledger):
+    """A run reserves and renders its digests many to a commit (Store.batch): another process
+    sees none of them until the batch ends, then all; a write that fails inside is undone
+    alone; a batch that fails (a crash) leaves nothing half made."""
+    with open_store(ledger.path) as other:
+        with ledger.batch():
+            kept = reserve(ledger, "alice")
+            with pytest.raises(RuntimeError):
+                with ledger._immediate() as conn:  # a write that fails halfway
+                    conn.execute("update deliveries set state = 'failed' where id = ?", [kept.id])
+                    raise RuntimeError("rendering failed")
+            reserve(ledger, "bob")
+            assert other.delivery_counts() == {}  # nothing committed yet
+        assert other.delivery_counts() == {"pending": 2}
+        assert ledger.find_delivery("alice", "email", "2026-06-12").message == MESSAGE
+
+        with pytest.raises(KeyboardInterrupt):
+            with ledger.batch():
+                reserve(ledger, "carol")
+                raise KeyboardInterrupt
+        assert ledger.find_delivery("carol", "email", "2026-06-12") is None
+        assert other.delivery_counts() == {"pending": 2}
+
+
+def test_a_durable_write_in_a_batch_makes_the_batch_wait_for_the_disk(ledger, monkeypatch):
+    import bot.store
+
+    synced = []
+    monkeypatch.setattr(bot.store.os, "fsync", lambda fd: synced.append(fd))
+    with ledger.batch():
+        reserve(ledger, "alice")
+    assert synced == []
+    with ledger.batch():
+        ledger.suppress("alice", "email", "alice@example.org", "asked to stop", T0)  # durable
+        assert synced == []  # not before the batch is committed
+    assert len(synced) == 2  # the database and its WAL
+    assert ledger.suppression("alice", "email") == "asked to stop"
+
+
 @BOTH_SERVERS
 def test_smtp_sends_the_stored_bytes_over_one_connection(ledger, smtp_server):
     a, b = reserve(ledger, "alice"), reserve(ledger, "bob")

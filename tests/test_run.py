@@ -165,6 +165,31 @@ def test_one_broken_subscriber_holds_up_nobody(world, monkeypatch):
     assert "bob@work.example.org" in parsed(outbox / "2026-06-11-bob-work.eml")["To"]
 
 
+def test_a_digest_that_fails_to_render_holds_up_nobody_in_its_batch(world, monkeypatch):
+    """Digests are reserved and rendered many to a ledger commit: one failing in the middle
+    of the batch is reported, the others are sent, and it is rendered again on the next run."""
+    import bot.pipeline
+
+    store, folder, settings, outbox = world
+    for sid in ("alice", "bob", "carol"):
+        subscription(folder, sid)
+    real_render = bot.pipeline.render_plan
+
+    def failing_for_bob(plan, *args):
+        if plan.subscriber.id == "bob":
+            raise ValueError("bob's template broke")
+        return real_render(plan, *args)
+
+    monkeypatch.setattr(bot.pipeline, "render_plan", failing_for_bob)
+    report = run(store, settings, folder, {"email": OutboxSender(outbox)}, FRIDAY_9AM_BERLIN)
+    assert sorted(o.delivery.subscriber_id for o in report.outcomes) == ["alice", "carol"]
+    assert report.errors == ("bob/email: bob's template broke",)
+    monkeypatch.setattr(bot.pipeline, "render_plan", real_render)
+    later = run(store, settings, folder, {"email": OutboxSender(outbox)}, FRIDAY_9AM_BERLIN)
+    assert [(o.delivery.subscriber_id, o.status) for o in later.outcomes] == [("bob", "sent")]
+    assert len(list(outbox.iterdir())) == 3
+
+
 def test_smtp_delivery_with_a_greylisting_server(world, smtp_server):
     store, folder, settings, _ = world
     for sid in ("alice", "bob", "carol"):
