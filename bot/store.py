@@ -652,13 +652,14 @@ class Store:
         if self._durable_in_batch:
             self.sync()
 
-    def _delivery(self, row: dict) -> Delivery:
-        papers = [
-            r["paper_id"]
-            for r in self.db.query(
-                "select paper_id from delivery_papers where delivery_id = ? order by rank", [row["id"]]
-            )
-        ]
+    def _delivery(self, row: dict, papers: Iterable[str] | None = None) -> Delivery:
+        if papers is None:
+            papers = [
+                paper_id
+                for (paper_id,) in self.db.execute(
+                    "select paper_id from delivery_papers where delivery_id = ? order by rank", [row["id"]]
+                )
+            ]
         return Delivery(
             id=row["id"],
             subscriber_id=row["subscriber_id"],
@@ -679,6 +680,20 @@ class Store:
             sent_at=_parse_time(row["sent_at"]),
             parts_sent=row.get("parts_sent") or 0,
         )
+
+    def _deliveries(self, where: str, params: list) -> list[Delivery]:
+        """The ledger rows `where` says, in that order, with their papers read in one query."""
+        rows = list(self.db.query(f"{_DELIVERIES} {where}", params))
+        papers: dict[int, list[str]] = {row["id"]: [] for row in rows}
+        for start in range(0, len(rows), 500):
+            ids = [row["id"] for row in rows[start : start + 500]]
+            for delivery_id, paper_id in self.db.execute(
+                "select delivery_id, paper_id from delivery_papers"
+                f" where delivery_id in ({','.join('?' * len(ids))}) order by delivery_id, rank",
+                ids,
+            ):
+                papers[delivery_id].append(paper_id)
+        return [self._delivery(row, papers[row["id"]]) for row in rows]
 
     def get_delivery(self, delivery_id: int) -> Delivery | None:
         """One ledger row, with its papers."""
@@ -797,17 +812,16 @@ class Store:
 
     def deliveries_to_render(self) -> list[Delivery]:
         """Digests whose papers are reserved but whose message was never stored (a crash)."""
-        return [self._delivery(r) for r in self.db.query(f"{_DELIVERIES} where state = 'new'")]
+        return self._deliveries("where state = 'new' order by id", [])
 
     def deliveries_to_send(self, now: datetime) -> list[Delivery]:
         """Pending digests whose time has come, and those whose sender died mid-send."""
         stamp = format_time(now)
-        rows = self.db.query(
-            f"{_DELIVERIES} where (state = 'pending' and coalesce(next_attempt_at, '') <= ?)"
+        return self._deliveries(
+            "where (state = 'pending' and coalesce(next_attempt_at, '') <= ?)"
             " or (state = 'sending' and claimed_until < ?) order by created_at, id",
             [stamp, stamp],
         )
-        return [self._delivery(row) for row in rows]
 
     def claim_delivery(self, delivery_id: int, owner: str, now: datetime, lease: timedelta) -> bool:
         """Take one digest for sending. Only one process can hold it; a lease that runs out
@@ -894,15 +908,12 @@ class Store:
     def suppression(self, subscriber_id: str, channel: str) -> str | None:
         """Why this subscriber's channel is suppressed (channel "*": all of them, as after an
         unsubscribe), or None. The suppression list wins over any subscription file."""
-        row = next(
-            self.db.query(
-                "select reason from suppressions where subscriber_id = ? and channel in (?, '*')"
-                " order by channel = '*' desc",
-                [subscriber_id, channel],
-            ),
-            None,
-        )
-        return row["reason"] if row else None
+        row = self.db.execute(
+            "select reason from suppressions where subscriber_id = ? and channel in (?, '*')"
+            " order by channel = '*' desc",
+            [subscriber_id, channel],
+        ).fetchone()
+        return row[0] if row else None
 
     def unsuppress(self, subscriber_id: str, channel: str = "*") -> None:
         """Lift a suppression (a subscriber who subscribes again, an address fixed)."""
@@ -937,11 +948,11 @@ class Store:
 
     def troubled_deliveries(self) -> list[Delivery]:
         """Digests waiting for a retry or failed for good, newest first, for `paperbot status`."""
-        rows = self.db.query(
-            f"{_DELIVERIES} where state = 'failed' or (state = 'pending' and attempts > 0)"
-            " or state = 'sending' order by id desc limit 50"
+        return self._deliveries(
+            "where state = 'failed' or (state = 'pending' and attempts > 0)"
+            " or state = 'sending' order by id desc limit 50",
+            [],
         )
-        return [self._delivery(row) for row in rows]
 
     # -- the daemon's jobs and the operator's alerts ---------------------------------------
 
