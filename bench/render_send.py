@@ -413,12 +413,16 @@ def measure(args: argparse.Namespace, capture: Path, program: str, work: Path) -
             )
             whole_seconds = time.perf_counter() - started
             sender.close()
+            sent = {  # the bytes sent, as the ledger keeps them
+                o.delivery.subscriber_id: store.stored_message(o.delivery.id)
+                for o in report.outcomes
+                if o.status == "sent"
+            }
         one_after, _ = timed(lambda: send_one_connection(sink.port, outgoing))
         time.sleep(0.2)  # let smtp-sink write its last counters
         received = sink.received()
     finally:
         sink.stop()
-    sent = {o.delivery.subscriber_id: o.delivery.message for o in report.outcomes if o.status == "sent"}
     making = (sender.first or started + whole_seconds) - started
     sending = max(whole_seconds - making, 1e-9)
     one_seconds = min(one_before, one_after)

@@ -410,8 +410,8 @@ def _send_one(
     attempts = delivery.attempts + 1
     try:
         # A message in several parts (a long Slack digest) records each part as it goes,
-        # so a failure after part 1 never sends part 1 again.
-        parts = message_parts(delivery)
+        # so a failure after part 1 never sends part 1 again. Read now, and not kept after.
+        parts = message_parts(dataclasses.replace(delivery, message=store.stored_message(delivery.id)))
         for number in range(delivery.parts_sent, len(parts)):
             sender.send(dataclasses.replace(delivery, message=parts[number]))
             if len(parts) > 1:

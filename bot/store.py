@@ -341,6 +341,7 @@ _DELIVERIES = (
     "select deliveries.*, delivery_messages.message as stored_message from deliveries"
     " left join delivery_messages on delivery_messages.delivery_id = deliveries.id"
 )
+_DELIVERY_ROWS = "select deliveries.*, null as stored_message from deliveries"
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _PAPER_COLUMNS = (
@@ -681,9 +682,10 @@ class Store:
             parts_sent=row.get("parts_sent") or 0,
         )
 
-    def _deliveries(self, where: str, params: list) -> list[Delivery]:
-        """The ledger rows `where` says, in that order, with their papers read in one query."""
-        rows = list(self.db.query(f"{_DELIVERIES} {where}", params))
+    def _deliveries(self, where: str, params: list, *, messages: bool = True) -> list[Delivery]:
+        """The ledger rows `where` says, in that order, with their papers read in one query;
+        without their messages (None) unless `messages`."""
+        rows = list(self.db.query(f"{_DELIVERIES if messages else _DELIVERY_ROWS} {where}", params))
         papers: dict[int, list[str]] = {row["id"]: [] for row in rows}
         for start in range(0, len(rows), 500):
             ids = [row["id"] for row in rows[start : start + 500]]
@@ -815,13 +817,23 @@ class Store:
         return self._deliveries("where state = 'new' order by id", [])
 
     def deliveries_to_send(self, now: datetime) -> list[Delivery]:
-        """Pending digests whose time has come, and those whose sender died mid-send."""
+        """Pending digests whose time has come, and those whose sender died mid-send; without
+        their messages, which `stored_message` reads one at a time (a big run's messages
+        need not all be in memory at once)."""
         stamp = format_time(now)
         return self._deliveries(
             "where (state = 'pending' and coalesce(next_attempt_at, '') <= ?)"
             " or (state = 'sending' and claimed_until < ?) order by created_at, id",
             [stamp, stamp],
+            messages=False,
         )
+
+    def stored_message(self, delivery_id: int) -> bytes | None:
+        """The rendered message of a digest, as attach_message stored it."""
+        row = self.db.execute(
+            "select message from delivery_messages where delivery_id = ?", [delivery_id]
+        ).fetchone()
+        return row[0] if row else None
 
     def claim_delivery(self, delivery_id: int, owner: str, now: datetime, lease: timedelta) -> bool:
         """Take one digest for sending. Only one process can hold it; a lease that runs out

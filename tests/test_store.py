@@ -315,8 +315,11 @@ def test_a_ledger_of_schema_4_keeps_its_messages_when_they_move_to_their_own_tab
         db.conn.commit()
     db.close()
     with open_store(path) as store:
-        (delivery,) = store.deliveries_to_send(T0 + timedelta(days=1))
-        assert delivery.message == b"Subject: hi\r\n" and delivery.attempts == 1
+        (due,) = store.deliveries_to_send(T0 + timedelta(days=1))
+        delivery = store.get_delivery(due.id)
+        assert (
+            store.stored_message(due.id) == delivery.message == b"Subject: hi\r\n" and delivery.attempts == 1
+        )
         columns = store.db["deliveries"].columns_dict
         if sqlite_version >= (3, 35):
             assert "message" not in columns
