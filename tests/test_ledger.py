@@ -202,6 +202,81 @@ def test_a_recipient_refused_at_rcpt_is_sorted_and_the_connection_goes_on(ledger
     assert smtp_server.handler.sessions == 1
 
 
+class LaxSmtpServer:
+    """A scripted SMTP server on 127.0.0.1 that offers PIPELINING and answers DATA with 354
+    even when it refused every recipient (RFC 2920 lets it; aiosmtpd answers 503 instead).
+    After the empty message's dot it answers 554, or, with `drop`, closes the connection."""
+
+    def __init__(self, drop: bool):
+        import socket
+        import threading
+
+        self.drop, self.messages, self.sessions = drop, [], 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.sessions += 1
+            with connection, connection.makefile("rb") as lines:
+                self._session(connection, lines)
+
+    def _session(self, connection, lines) -> None:
+        connection.sendall(b"220 lax.example.org ESMTP\r\n")
+        accepted = []
+        for line in lines:
+            command = line.decode("ascii").strip().upper()
+            if command.startswith("EHLO"):
+                connection.sendall(b"250-lax.example.org\r\n250 PIPELINING\r\n")
+            elif command.startswith(("MAIL", "RSET")):
+                accepted = []
+                connection.sendall(b"250 2.1.0 OK\r\n")
+            elif command.startswith("RCPT"):
+                if "ALICE" in command:
+                    connection.sendall(b"550 5.1.1 no such user\r\n")
+                else:
+                    accepted.append(command)
+                    connection.sendall(b"250 2.1.5 OK\r\n")
+            elif command == "DATA":
+                connection.sendall(b"354 go ahead\r\n")
+                body = b"".join(iter(lines.readline, b".\r\n"))
+                if accepted:
+                    self.messages.append(body)
+                    connection.sendall(b"250 2.0.0 queued\r\n")
+                elif self.drop:
+                    return
+                else:
+                    connection.sendall(b"554 5.5.1 no valid recipients\r\n")
+            elif command == "QUIT":
+                connection.sendall(b"221 2.0.0 bye\r\n")
+                return
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("drop", [False, True], ids=["554 after the dot", "closed after the dot"])
+def test_a_refused_recipient_stays_refused_when_the_server_takes_data_anyway(ledger, drop):
+    """The 550 for the recipient decides, whatever the server does after the empty message:
+    a permanent failure, never a retry; the next message still goes."""
+    server = LaxSmtpServer(drop)
+    sender = SmtpSender(host="127.0.0.1", port=server.port, sender="papers@example.org", security="none")
+    try:
+        with pytest.raises(PermanentError, match="refused alice@example.org: 550"):
+            sender.send(reserve(ledger, "alice"))
+        sender.send(reserve(ledger, "bob"))
+        sender.close()
+    finally:
+        server.close()
+    assert len(server.messages) == 1 and b"hello" in server.messages[0]
+    assert server.sessions == (2 if drop else 1)
+
+
 @BOTH_SERVERS
 def test_lines_starting_with_a_dot_arrive_unchanged(ledger, smtp_server):
     body = b".\r\n..two\r\n.three\r\nend"  # no CRLF at the end: the sender adds it

@@ -144,8 +144,13 @@ class SmtpSender:
         smtp.send(commands.encode("ascii"))
         mail, rcpt, go = smtp.getreply(), smtp.getreply(), smtp.getreply()
         if go[0] == 354 and (mail[0] != 250 or rcpt[0] not in (250, 251)):
-            smtp.send(b".\r\n")  # a server that says 354 without a recipient gets an empty message
-            smtp.getreply()
+            # A server that says 354 without a recipient gets an empty message. What it does
+            # then (even closing the connection) changes nothing: the refusal below decides.
+            try:
+                smtp.send(b".\r\n")
+                smtp.getreply()
+            except (smtplib.SMTPServerDisconnected, OSError):
+                smtp.close()
         if mail[0] != 250:
             raise smtplib.SMTPSenderRefused(mail[0], mail[1], self.sender)
         if rcpt[0] not in (250, 251):
