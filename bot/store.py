@@ -185,31 +185,32 @@ def _merge(old: dict, new: dict, newer: bool) -> dict:
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
-    db["papers"].create(
-        {
-            "id": str,
-            "title": str,
-            "abstract": str,
-            "authors": str,
-            "published_at": str,
-            "featured_on": str,
-            "upvotes": int,
-            "num_comments": int,
-            "github_repo": str,
-            "github_stars": int,
-            "project_page": str,
-            "ai_summary": str,
-            "ai_keywords": str,
-            "organization": str,
-            "organization_fullname": str,
-            "thumbnail": str,
-            "first_seen_at": str,
-            "last_seen_at": str,
-        },
-        pk="id",
-    )
-    db["papers"].create_index(["first_seen_at"])
-    db["papers"].create_index(["featured_on"])
+    papers = {
+        "id": str,
+        "title": str,
+        "abstract": str,
+        "authors": str,
+        "published_at": str,
+        "featured_on": str,
+        "upvotes": int,
+        "num_comments": int,
+        "github_repo": str,
+        "github_stars": int,
+        "project_page": str,
+        "ai_summary": str,
+        "ai_keywords": str,
+        "organization": str,
+        "organization_fullname": str,
+        "thumbnail": str,
+        "first_seen_at": str,
+        "last_seen_at": str,
+    }
+    if db["papers"].exists() and set(db["papers"].columns_dict) != set(papers):
+        # Not one an interrupted first run made: another program's. Touch nothing.
+        raise sqlite3.DatabaseError("it has a papers table that paperbot did not make")
+    db["papers"].create(papers, pk="id", if_not_exists=True)
+    db["papers"].create_index(["first_seen_at"], if_not_exists=True)
+    db["papers"].create_index(["featured_on"], if_not_exists=True)
     db["sightings"].create(
         {
             "id": int,
@@ -223,9 +224,10 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
         },
         pk="id",
         foreign_keys=[("paper_id", "papers", "id")],
+        if_not_exists=True,
     )
-    db["sightings"].create_index(["paper_id", "source", "seen_at"], unique=True)
-    db["sightings"].create_index(["seen_at"])
+    db["sightings"].create_index(["paper_id", "source", "seen_at"], unique=True, if_not_exists=True)
+    db["sightings"].create_index(["seen_at"], if_not_exists=True)
     db["fetches"].create(
         {
             "id": int,
@@ -241,10 +243,14 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
             "error": str,
         },
         pk="id",
+        if_not_exists=True,
     )
-    db["fetches"].create_index(["source", "listing"])
-    db["papers"].enable_fts(
-        ["title", "abstract", "authors", "ai_keywords"], create_triggers=True, tokenize="unicode61"
+    db["fetches"].create_index(["source", "listing"], if_not_exists=True)
+    db["papers"].enable_fts(  # replace: what an interrupted run made of it is made again
+        ["title", "abstract", "authors", "ai_keywords"],
+        create_triggers=True,
+        tokenize="unicode61",
+        replace=True,
     )
 
 
@@ -275,26 +281,32 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"subscriber_id", "channel", "kind", "period", "state"},
         defaults={"attempts": 0},
+        if_not_exists=True,
     )
-    db["deliveries"].create_index(["subscriber_id", "channel", "period"], unique=True)
-    db["deliveries"].create_index(["state"])
+    db["deliveries"].create_index(["subscriber_id", "channel", "period"], unique=True, if_not_exists=True)
+    db["deliveries"].create_index(["state"], if_not_exists=True)
     db["delivery_papers"].create(
         {"delivery_id": int, "subscriber_id": str, "channel": str, "paper_id": str, "rank": int},
         foreign_keys=[("delivery_id", "deliveries", "id")],
+        if_not_exists=True,
     )
     # The rule itself: a paper goes to a subscriber's channel once, whatever runs or crashes.
-    db["delivery_papers"].create_index(["subscriber_id", "channel", "paper_id"], unique=True)
-    db["delivery_papers"].create_index(["delivery_id"])
+    db["delivery_papers"].create_index(
+        ["subscriber_id", "channel", "paper_id"], unique=True, if_not_exists=True
+    )
+    db["delivery_papers"].create_index(["delivery_id"], if_not_exists=True)
     db["suppressions"].create(
         {"subscriber_id": str, "channel": str, "recipient": str, "reason": str, "created_at": str},
         pk=("subscriber_id", "channel"),
+        if_not_exists=True,
     )
-    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
 
 
 def _migrate_3(db: sqlite_utils.Database) -> None:
     """Messages in several parts (long Slack digests) record how many parts went out."""
-    db["deliveries"].add_column("parts_sent", int, not_null_default=0)
+    if "parts_sent" not in db["deliveries"].columns_dict:
+        db["deliveries"].add_column("parts_sent", int, not_null_default=0)
 
 
 def _migrate_4(db: sqlite_utils.Database) -> None:
@@ -308,10 +320,12 @@ def _migrate_4(db: sqlite_utils.Database) -> None:
             "next_run_at": str,
         },
         pk="name",
+        if_not_exists=True,
     )
     db["alerts"].create(
         {"key": str, "message": str, "opened_at": str, "resolved_at": str},
         pk="key",
+        if_not_exists=True,
     )
 
 
@@ -335,6 +349,8 @@ def _migrate_5(db: sqlite_utils.Database) -> None:
         db.execute("update deliveries set message = null")
 
 
+# Each is safe to run again after an interruption: sqlite-utils commits its steps one by one,
+# so a migration killed halfway is not undone, and the next open_store runs it again.
 MIGRATIONS = [_migrate_1, _migrate_2, _migrate_3, _migrate_4, _migrate_5]
 # A ledger row with its message (Store._delivery reads both).
 _DELIVERIES = (

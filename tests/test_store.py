@@ -277,6 +277,56 @@ def test_reopening_keeps_the_data_and_does_not_migrate_again(tmp_path, caplog):
     assert user_version(path) == SCHEMA_VERSION
 
 
+@pytest.mark.parametrize("step", range(1, 12))
+def test_a_first_migration_killed_at_any_step_is_finished_by_the_next_open(tmp_path, monkeypatch, step):
+    """sqlite-utils commits each table and index as it makes it, so a first run killed while
+    creating the database leaves part of it: the next run finishes it, and search works."""
+    import sqlite_utils
+
+    path = tmp_path / "paperbot.db"
+    made = {"steps": 0}
+    create, create_index = sqlite_utils.db.Table.create, sqlite_utils.db.Table.create_index
+
+    def killed_at_step(real):
+        def step_once(*args, **kwargs):
+            made["steps"] += 1
+            if made["steps"] == step:
+                raise sqlite3.OperationalError("killed")
+            return real(*args, **kwargs)
+
+        return step_once
+
+    monkeypatch.setattr(sqlite_utils.db.Table, "create", killed_at_step(create))
+    monkeypatch.setattr(sqlite_utils.db.Table, "create_index", killed_at_step(create_index))
+    with pytest.raises(StoreError, match="killed"):
+        open_store(path)
+    monkeypatch.undo()
+    with open_store(path) as store:
+        store.save_papers(june_papers(), T0, LISTING)
+        assert len(store.papers(search="Sparse Attention")) >= 1
+    assert user_version(path) == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize("done", range(1, 5))
+def test_a_migration_that_ran_but_was_not_recorded_runs_again_harmlessly(tmp_path, done):
+    """Killed between a migration's last step and recording the new version: it runs again."""
+    import sqlite_utils
+
+    from bot.store import MIGRATIONS
+
+    path = tmp_path / "paperbot.db"
+    db = sqlite_utils.Database(path)
+    for migrate in MIGRATIONS[:done]:
+        migrate(db)
+    db.execute(f"PRAGMA user_version = {done - 1}")
+    db.conn.commit()
+    db.close()
+    with open_store(path) as store:
+        store.save_papers(june_papers(), T0, LISTING)
+        assert store.count_papers() == 30
+    assert user_version(path) == SCHEMA_VERSION
+
+
 @pytest.mark.parametrize("interrupted", [False, True])
 @pytest.mark.parametrize("sqlite_version", [sqlite3.sqlite_version_info, (3, 34, 1)])
 def test_a_ledger_of_schema_4_keeps_its_messages_when_they_move_to_their_own_table(
@@ -359,8 +409,12 @@ def test_another_programs_database_is_a_store_error_not_a_traceback(tmp_path):
     with sqlite3.connect(path) as conn:
         conn.execute("create table papers (name text)")
 
-    with pytest.raises(StoreError, match="is it a paperbot database"):
+    with pytest.raises(
+        StoreError, match="papers table that paperbot did not make: is it a paperbot database"
+    ):
         open_store(path)
+    with sqlite3.connect(path) as conn:  # left as it was
+        assert [name for (name,) in conn.execute("select name from sqlite_master")] == ["papers"]
 
 
 def test_a_missing_folder_is_a_store_error(tmp_path):
