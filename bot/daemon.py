@@ -171,6 +171,7 @@ class Daemon:
                         clock=self.clock,
                         should_stop=self.stopping.is_set,
                         subscription_errors=tuple(self._errors.values()),
+                        everyone=people,
                     )
                     if report.source_error is not None:
                         status = f"fetch failed: {report.source_error}"

@@ -266,7 +266,8 @@ def reserve_digest(store: Store, plan: DigestPlan, compose: Compose, now: dateti
     shown = tuple(m for m in shown if m.paper.id in reserved)
     total = len(plan.matches) - (len(plan.matches[: plan.subscriber.max_papers]) - len(shown))
     message, message_id, subject = compose(plan, shown, total)
-    store.attach_message(delivery.id, message=message, message_id=message_id, subject=subject)
+    if not store.attach_message(delivery.id, message=message, message_id=message_id, subject=subject):
+        return store.get_delivery(delivery.id)  # another process attached its own first
     return dataclasses.replace(
         delivery, state="pending", message=message, message_id=message_id, subject=subject
     )

@@ -414,11 +414,14 @@ def run_once(
     backfill_days: int = 1,
     should_stop: Callable[[], bool] = lambda: False,
     subscription_errors: tuple = (),
+    everyone: list[Subscriber] | None = None,
 ) -> RunReport:
     """Fetch, match, render and deliver every digest that is due, once.
 
     A failed fetch sends no new digests (a changed page must not look like a quiet day),
     but retries of earlier ones still go. A dry run writes nothing and sends nothing.
+    `everyone`: all the subscribers, when the run plans digests for some of them only
+    (a digest left unrendered by an earlier run is finished for whoever it is).
     """
     source_error = None
     try:
@@ -453,7 +456,7 @@ def run_once(
     if dry_run:
         return RunReport(fetched, tuple(planned), tuple(skipped), (), tuple(errors), source_error)
 
-    finish_interrupted(store, subscribers, _composer(mail, []), clock())
+    finish_interrupted(store, subscribers if everyone is None else everyone, _composer(mail, []), clock())
     outcomes = send_due(store, senders, clock, retry_policy(settings), should_stop)
     # After sending, so a channel disabled just now is told now; the alert mails go at once.
     if check_alerts(store, settings, subscription_errors, clock()):

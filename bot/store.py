@@ -205,9 +205,6 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
         "first_seen_at": str,
         "last_seen_at": str,
     }
-    if db["papers"].exists() and set(db["papers"].columns_dict) != set(papers):
-        # Not one an interrupted first run made: another program's. Touch nothing.
-        raise sqlite3.DatabaseError("it has a papers table that paperbot did not make")
     db["papers"].create(papers, pk="id", if_not_exists=True)
     db["papers"].create_index(["first_seen_at"], if_not_exists=True)
     db["papers"].create_index(["featured_on"], if_not_exists=True)
@@ -359,6 +356,7 @@ _DELIVERIES = (
 )
 _DELIVERY_ROWS = "select deliveries.*, null as stored_message from deliveries"
 SCHEMA_VERSION = len(MIGRATIONS)
+APPLICATION_ID = 0x70626F74  # "pbot": PRAGMA application_id of a database paperbot made
 
 _PAPER_COLUMNS = (
     "id",
@@ -419,6 +417,7 @@ class Store:
         papers = list(papers)
         stamp = format_time(seen_at)
         ids = [p.id for p in papers]
+        self._refuse_in_batch("save_papers")
         with self.db.conn:
             existing = self._rows_by_id(ids)
             inserts, updates = [], []
@@ -485,6 +484,7 @@ class Store:
         error: str | None = None,
     ) -> None:
         """Log one poll (successful or not) in the fetches table."""
+        self._refuse_in_batch("record_fetch")
         with self.db.conn:
             self.db["fetches"].insert(
                 {
@@ -625,12 +625,14 @@ class Store:
         conn = self.db.conn
         if self._batched:
             self._durable_in_batch |= durable
+            self._check_batch_open(conn)
             conn.execute("SAVEPOINT ledger_write")
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK TO ledger_write")
-                conn.execute("RELEASE ledger_write")
+                if conn.in_transaction:  # else SQLite undid the whole batch (disk full, I/O error)
+                    conn.execute("ROLLBACK TO ledger_write")
+                    conn.execute("RELEASE ledger_write")
                 raise
             conn.execute("RELEASE ledger_write")
             return
@@ -660,14 +662,24 @@ class Store:
         if self._batched:
             yield
             return
-        with self._immediate():
+        with self._immediate() as conn:
             self._batched, self._durable_in_batch = True, False
             try:
                 yield
+                self._check_batch_open(conn)
             finally:
                 self._batched = False
         if self._durable_in_batch:
             self.sync()
+
+    def _refuse_in_batch(self, what: str) -> None:
+        if self._batched:
+            raise RuntimeError(f"{what} commits on its own: call it outside Store.batch")
+
+    @staticmethod
+    def _check_batch_open(conn: sqlite3.Connection) -> None:
+        if not conn.in_transaction:  # a bug: what came before would no longer be undone with the rest
+            raise RuntimeError("something committed inside Store.batch: its writes are no longer one")
 
     def _delivery(self, row: dict, papers: Iterable[str] | None = None) -> Delivery:
         if papers is None:
@@ -806,8 +818,9 @@ class Store:
             )
         return taken
 
-    def attach_message(self, delivery_id: int, *, message: bytes, message_id: str, subject: str) -> None:
-        """Store the rendered message of a reserved digest: every retry sends these bytes."""
+    def attach_message(self, delivery_id: int, *, message: bytes, message_id: str, subject: str) -> bool:
+        """Store the rendered message of a reserved digest: every retry sends these bytes. False
+        when the digest had its message already (another process attached one first)."""
         with self._immediate() as conn:
             attached = conn.execute(
                 "update deliveries set message_id = ?, subject = ?, state = 'pending'"
@@ -819,6 +832,7 @@ class Store:
                     "insert or replace into delivery_messages (delivery_id, message) values (?, ?)",
                     [delivery_id, message],
                 )
+        return bool(attached)
 
     def mark_skipped(self, delivery_id: int, reason: str) -> None:
         """A period with nothing to send: recorded, so it is not made again."""
@@ -975,11 +989,13 @@ class Store:
         }
 
     def troubled_deliveries(self) -> list[Delivery]:
-        """Digests waiting for a retry or failed for good, newest first, for `paperbot status`."""
+        """Digests waiting for a retry or failed for good, newest first, for `paperbot status`
+        (without their messages)."""
         return self._deliveries(
             "where state = 'failed' or (state = 'pending' and attempts > 0)"
             " or state = 'sending' order by id desc limit 50",
             [],
+            messages=False,
         )
 
     # -- the daemon's jobs and the operator's alerts ---------------------------------------
@@ -1136,6 +1152,20 @@ def _fts_query(text: str) -> str:
     return " ".join(f'"{w}"' for w in words) or '""'
 
 
+def _claim_new_database(db: sqlite_utils.Database, path: str) -> None:
+    """Mark a database paperbot is about to make as paperbot's (PRAGMA application_id), before
+    its first table: a first migration killed halfway is finished on the next open, and a file
+    of another program, which has tables but not that mark, is refused untouched."""
+    if not db.table_names():
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    elif db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+        db.close()
+        raise StoreError(
+            f"cannot use the database {path}: it has tables that paperbot did not make: "
+            "is it a paperbot database? Give paperbot a file of its own (--db)"
+        )
+
+
 def open_store(path: str | Path) -> Store:
     """Open (creating and migrating as needed) the database at `path`."""
     path = str(path)
@@ -1154,6 +1184,8 @@ def open_store(path: str | Path) -> Store:
             # (Store.sync, bot.deliver.send_due). FULL everywhere cost four disk syncs per digest.
             db.execute("PRAGMA synchronous = NORMAL")
         version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            _claim_new_database(db, path)
     except sqlite3.Error as error:  # not a database, a folder, locked, ...
         if db is not None:
             db.close()

@@ -69,6 +69,40 @@ def test_a_paper_is_reserved_once_per_subscriber_and_channel(ledger):
     assert other_channel.paper_ids == ("b",) and other_person.paper_ids == ("b",)
 
 
+def test_reserving_returns_the_row_as_the_ledger_reads_it_back(ledger):
+    made = ledger.reserve_delivery(
+        subscriber_id="alice",
+        channel="email",
+        kind="email",
+        period="2026-06-12",
+        recipient="alice@example.org",
+        paper_ids=["a", "b", "a"],
+        window_start=T0 - timedelta(days=1),
+        window_end=T0,
+        now=T0,
+    )
+    assert made == ledger.get_delivery(made.id) and made.paper_ids == ("a", "b")
+
+
+def test_a_commit_inside_a_batch_is_refused(ledger):
+    """Inside a batch, writes that commit on their own would end it: they are refused."""
+    with pytest.raises(RuntimeError, match="outside Store.batch"):
+        with ledger.batch():
+            reserve(ledger, "alice")
+            ledger.record_fetch(
+                url="https://huggingface.co/api/daily_papers",
+                source="api",
+                listing="daily",
+                started_at=T0,
+                status="ok",
+            )
+    assert ledger.find_delivery("alice", "email", "2026-06-12") is None  # the batch was undone
+    with pytest.raises(RuntimeError, match="committed inside Store.batch"):
+        with ledger.batch():
+            reserve(ledger, "bob")
+            ledger.db.conn.commit()  # as `with conn:` in older sqlite-utils' writes does
+
+
 def test_reserving_the_same_digest_again_returns_it_unchanged(ledger):
     first = reserve(ledger, papers=["a"])
     again = reserve(ledger, papers=["a", "z"])
@@ -148,8 +182,7 @@ def test_a_durable_write_in_a_batch_makes_the_batch_wait_for_the_disk(ledger, mo
     assert synced == []
     with ledger.batch():
         ledger.suppress("alice", "email", "alice@example.org", "asked to stop", T0)  # durable
-        assert synced == []  # not before the batch is committed
-    assert len(synced) == 2  # the database and its WAL
+    assert len(synced) == 2  # once the batch is committed: the database and its WAL
     assert ledger.suppression("alice", "email") == "asked to stop"
 
 

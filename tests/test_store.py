@@ -15,7 +15,7 @@ import pytest
 from bot.errors import StoreError
 from bot.models import FetchResult, Paper
 from bot.sources import hf_api, hf_page
-from bot.store import SCHEMA_VERSION, SaveStats, open_store
+from bot.store import APPLICATION_ID, SCHEMA_VERSION, SaveStats, open_store
 from conftest import capture_bytes
 
 T0 = datetime(2026, 6, 12, 8, 0, tzinfo=UTC)
@@ -316,6 +316,7 @@ def test_a_migration_that_ran_but_was_not_recorded_runs_again_harmlessly(tmp_pat
 
     path = tmp_path / "paperbot.db"
     db = sqlite_utils.Database(path)
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")  # as open_store marks a new database
     for migrate in MIGRATIONS[:done]:
         migrate(db)
     db.execute(f"PRAGMA user_version = {done - 1}")
@@ -404,17 +405,18 @@ def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path):
     assert path.read_text().startswith("hello")
 
 
-def test_another_programs_database_is_a_store_error_not_a_traceback(tmp_path):
+@pytest.mark.parametrize("table", ["papers", "deliveries", "meta"])
+def test_another_programs_database_is_a_store_error_and_left_untouched(tmp_path, table):
     path = tmp_path / "other.db"
     with sqlite3.connect(path) as conn:
-        conn.execute("create table papers (name text)")
+        conn.execute(f"create table {table} (name text, message blob)")
 
-    with pytest.raises(
-        StoreError, match="papers table that paperbot did not make: is it a paperbot database"
-    ):
+    with pytest.raises(StoreError, match="tables that paperbot did not make: is it a paperbot database"):
         open_store(path)
     with sqlite3.connect(path) as conn:  # left as it was
-        assert [name for (name,) in conn.execute("select name from sqlite_master")] == ["papers"]
+        assert [name for (name,) in conn.execute("select name from sqlite_master")] == [table]
+        assert [c[1] for c in conn.execute(f"pragma table_info({table})")] == ["name", "message"]
+        assert conn.execute("pragma user_version").fetchone()[0] == 0
 
 
 def test_a_missing_folder_is_a_store_error(tmp_path):
