@@ -33,8 +33,9 @@ def ledger(tmp_path):
         yield store
 
 
-def reserve(store, sid="alice", period="2026-06-12", papers=("2606.1", "2606.2"), channel="email"):
-    delivery = store.reserve_delivery(
+def reserve_row(store, sid="alice", period="2026-06-12", papers=("2606.1", "2606.2"), channel="email"):
+    """The ledger row of a digest, its papers reserved, no message yet (as reserve_delivery returns it)."""
+    return store.reserve_delivery(
         subscriber_id=sid,
         channel=channel,
         kind="email",
@@ -45,6 +46,11 @@ def reserve(store, sid="alice", period="2026-06-12", papers=("2606.1", "2606.2")
         window_end=T0,
         now=T0,
     )
+
+
+def reserve(store, sid="alice", period="2026-06-12", papers=("2606.1", "2606.2"), channel="email"):
+    """A digest ready to send: reserved, its message attached, read back from the ledger."""
+    delivery = reserve_row(store, sid, period, papers, channel)
     if delivery.state == "new":
         store.attach_message(delivery.id, message=MESSAGE, message_id=f"<{sid}.{period}@x>", subject="s")
     return store.get_delivery(delivery.id)
@@ -70,17 +76,7 @@ def test_a_paper_is_reserved_once_per_subscriber_and_channel(ledger):
 
 
 def test_reserving_returns_the_row_as_the_ledger_reads_it_back(ledger):
-    made = ledger.reserve_delivery(
-        subscriber_id="alice",
-        channel="email",
-        kind="email",
-        period="2026-06-12",
-        recipient="alice@example.org",
-        paper_ids=["a", "b", "a"],
-        window_start=T0 - timedelta(days=1),
-        window_end=T0,
-        now=T0,
-    )
+    made = reserve_row(ledger, papers=["a", "b", "a"])
     assert made == ledger.get_delivery(made.id) and made.paper_ids == ("a", "b")
 
 
