@@ -15,12 +15,13 @@ import dataclasses
 import gc
 import math
 from array import array
+from bisect import bisect_right
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import chain, compress, repeat
-from operator import attrgetter, is_not, itemgetter, not_, sub
+from itertools import accumulate, chain, compress, count, repeat
+from operator import attrgetter, is_not, itemgetter, ne, sub
 
 from bot.models import Paper, Subscriber, Watch
 from bot.query import Hit, Node, PaperText, QueryIndex, index_paper, match_query
@@ -32,8 +33,10 @@ _NO_THRESHOLDS = (0, 0, False, None)
 _field_name = attrgetter("field")
 _score_of = attrgetter("score")
 _hits_in, _score_in = itemgetter(0), itemgetter(1)
+_hit_key = attrgetter("field", "start", "end", "term")  # _unique's order
 _one_more = (1).__add__
 _subscriber_id = attrgetter("subscriber_id")
+_hits_of, _watches_of, _reasons_of = attrgetter("hits"), attrgetter("watches"), attrgetter("reasons")
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,9 +208,8 @@ class WatchIndex:
         views = chain.from_iterable(map(repeat, per_query, map(sub, stops, starts)))
         # Thresholds are checked once per paper for each set of them: a tuple of reasons where
         # they let the paper through (empty, or why it rose), None where not.
-        kinds = list(map(kind_of.__getitem__, groups))
-        verdicts = {kind: _verdict(watches.kinds[kind], paper, before) for kind in set(kinds)}
-        reasons = list(map(verdicts.__getitem__, kinds))
+        verdicts = [_verdict(watch, paper, before) for watch in watches.kinds]
+        reasons = list(map(verdicts.__getitem__, map(kind_of.__getitem__, groups)))
         passed = list(map(is_not, reasons, repeat(None)))
         accepted = list(compress(groups, passed))
         views = list(compress(views, passed))
@@ -215,50 +217,47 @@ class WatchIndex:
         member_starts = list(map(first_member.__getitem__, accepted))
         member_stops = list(map(first_member.__getitem__, map(_one_more, accepted)))
         counts = list(map(sub, member_stops, member_starts))
-        positions = list(chain.from_iterable(map(range, member_starts, member_stops)))
-        owners = list(map(watches.ids.__getitem__, positions))
+        # A group's members are a slice of positions: their ids and names are copied a slice
+        # at a time, not looked up one by one.
+        members = list(map(slice, member_starts, member_stops))
+        owners = list(chain.from_iterable(map(watches.ids.__getitem__, members)))
         made = _make_matches(
             paper,
             owners,
-            list(map(watches.names.__getitem__, positions)),
+            list(chain.from_iterable(map(watches.names.__getitem__, members))),
             counts,
             list(map(_score_in, views)),
             list(map(_hits_in, views)),
             reasons,
         )
-        if len(set(owners)) == len(owners):
+        # Each owner's last place among them: fewer owners than places if someone has
+        # several watches matching the paper.
+        last = dict(zip(owners, count(), strict=False))
+        if len(last) == len(owners):
             into += made
             return
-        # A subscriber with several watches matching gets one match joining them: made apart.
-        several = _repeated(owners)
-        picked = list(map(several.__contains__, owners))
-        into += compress(made, map(not_, picked))
-        joined: defaultdict[str, list[tuple[int, int, tuple[str, ...]]]] = defaultdict(list)
-        member_groups = chain.from_iterable(map(repeat, range(len(accepted)), counts))
-        for position, owner, at in zip(
-            compress(positions, picked),
-            compress(owners, picked),
-            compress(member_groups, picked),
-            strict=True,
-        ):
-            joined[owner].append((watches.slots[position], watches.query_of[accepted[at]], reasons[at]))
-        for subscriber_id, entries in joined.items():
-            entries.sort()  # the watches in their order
-            into.append(
-                _combine(
-                    subscriber_id,
-                    paper,
-                    [self.watches[slot].name for slot, _, _ in entries],
-                    [hit for _, number, _ in entries for hit in hits[number]],
-                    [reason for _, _, reason in entries for reason in reason],
-                )
-            )
+        # A subscriber with several watches matching gets one match joining them, in the place
+        # of their last; the places before it, few, are found by C-level maps and left out.
+        earlier = list(compress(count(), map(ne, map(last.__getitem__, owners), count())))
+        places: defaultdict[str, list[int]] = defaultdict(list)
+        for place in earlier:
+            places[owners[place]].append(place)
+        ends = list(accumulate(counts))  # one past the place of each accepted group's last member
+        slots = watches.slots
 
+        def slot_at(place: int) -> int:
+            group = bisect_right(ends, place)
+            return slots[member_stops[group] - (ends[group] - place)]
 
-def _repeated(items: list[str]) -> set[str]:
-    """The items found more than once."""
-    seen: set[str] = set()
-    return {item for item in items if item in seen or seen.add(item)}  # type: ignore[func-returns-value]
+        for owner, at in places.items():
+            at.append(last[owner])
+            at.sort(key=slot_at)  # the watches in their order
+            made[last[owner]] = _join(paper, list(map(made.__getitem__, at)))
+        start = 0
+        for place in earlier:
+            into += made[start:place]
+            start = place + 1
+        into += made[start:]
 
 
 def _verdict(watch: Watch | None, paper: Paper, before: int | None) -> tuple[str, ...] | None:
@@ -302,6 +301,24 @@ def _combine(
     unique = _unique(hits)
     return Match(
         subscriber_id, paper, tuple(names), _score(paper, unique), unique, tuple(dict.fromkeys(reasons))
+    )
+
+
+def _join(paper: Paper, matches: list[Match]) -> Match:
+    """One match of `paper` joining one subscriber's `matches` (in the order of their watches).
+
+    What `_combine` makes of the same watches, with their hits made unique by a key of plain
+    tuples, hashed and compared in C: `Hit`'s own hash is a Python function."""
+    hits = list(chain.from_iterable(map(_hits_of, matches)))
+    by_key = dict(zip(map(_hit_key, hits), hits, strict=True))
+    unique = tuple(map(by_key.__getitem__, sorted(by_key)))
+    return Match(
+        matches[0].subscriber_id,
+        paper,
+        tuple(chain.from_iterable(map(_watches_of, matches))),
+        _score(paper, unique),
+        unique,
+        tuple(dict.fromkeys(chain.from_iterable(map(_reasons_of, matches)))),
     )
 
 
