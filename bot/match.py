@@ -33,7 +33,6 @@ _NO_THRESHOLDS = (0, 0, False, None)
 _field_name = attrgetter("field")
 _score_of = attrgetter("score")
 _hits_in, _score_in = itemgetter(0), itemgetter(1)
-_hit_key = attrgetter("field", "start", "end", "term")  # _unique's order
 _one_more = (1).__add__
 _subscriber_id = attrgetter("subscriber_id")
 _hits_of, _watches_of, _reasons_of = attrgetter("hits"), attrgetter("watches"), attrgetter("reasons")
@@ -252,7 +251,14 @@ class WatchIndex:
         for owner, at in places.items():
             at.append(last[owner])
             at.sort(key=slot_at)  # the watches in their order
-            made[last[owner]] = _join(paper, list(map(made.__getitem__, at)))
+            joined = list(map(made.__getitem__, at))
+            made[last[owner]] = _combine(
+                owner,
+                paper,
+                chain.from_iterable(map(_watches_of, joined)),
+                chain.from_iterable(map(_hits_of, joined)),
+                chain.from_iterable(map(_reasons_of, joined)),
+            )
         start = 0
         for place in earlier:
             into += made[start:place]
@@ -295,30 +301,12 @@ def _score(paper: Paper, hits: Iterable[Hit]) -> float:
 
 
 def _combine(
-    subscriber_id: str, paper: Paper, names: list[str], hits: list[Hit], reasons: list[str]
+    subscriber_id: str, paper: Paper, names: Iterable[str], hits: Iterable[Hit], reasons: Iterable[str]
 ) -> Match:
     """One subscriber's match of one paper, from the watches (in their order) that matched it."""
     unique = _unique(hits)
     return Match(
         subscriber_id, paper, tuple(names), _score(paper, unique), unique, tuple(dict.fromkeys(reasons))
-    )
-
-
-def _join(paper: Paper, matches: list[Match]) -> Match:
-    """One match of `paper` joining one subscriber's `matches` (in the order of their watches).
-
-    What `_combine` makes of the same watches, with their hits made unique by a key of plain
-    tuples, hashed and compared in C: `Hit`'s own hash is a Python function."""
-    hits = list(chain.from_iterable(map(_hits_of, matches)))
-    by_key = dict(zip(map(_hit_key, hits), hits, strict=True))
-    unique = tuple(map(by_key.__getitem__, sorted(by_key)))
-    return Match(
-        matches[0].subscriber_id,
-        paper,
-        tuple(chain.from_iterable(map(_watches_of, matches))),
-        _score(paper, unique),
-        unique,
-        tuple(dict.fromkeys(chain.from_iterable(map(_reasons_of, matches)))),
     )
 
 
