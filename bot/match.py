@@ -88,7 +88,8 @@ class _WatchSet:
     one watch's: a Python object per watch or per group took 300 MB for 100,000 subscribers.
     The watches are put in order (their "positions") group after group, the groups query
     after query, those without thresholds first; so a group is a range of positions and a
-    query a range of groups, told by offsets in arrays. Watches with thresholds only come
+    query a range of groups, told by offsets in arrays, and so are a query's watches without
+    thresholds. Watches with thresholds only come
     last, under a query number of their own, `unqueried`.
     """
 
@@ -119,7 +120,6 @@ class _WatchSet:
         self.ids: list[str] = []  # position -> subscriber id
         self.names: list[tuple[str]] = []  # position -> the watch's name, as Match.watches has it
         self.first_member = array("i")  # group -> its first position (and one past the last)
-        self.query_of = array("i")  # group -> its query number
         self.kind_of = array("i")  # group -> the number of its thresholds
         # thresholds' number -> a watch to check them on (None: no thresholds, kind 0)
         self.kinds: list[Watch | None] = [None] * len(kinds)
@@ -136,7 +136,6 @@ class _WatchSet:
                     self.first_group[next_query] = len(self.kind_of)
                     next_query += 1
                 self.first_member.append(position)
-                self.query_of.append(query)
                 self.kind_of.append(kind)
                 if kind:
                     self.kinds[kind] = index.watches[slot]
@@ -144,6 +143,21 @@ class _WatchSet:
         self.first_member.append(len(self.slots))
         for query in range(next_query, unqueried + 2):
             self.first_group[query] = len(self.kind_of)
+        # Per query, its watches without thresholds (its first group, if of kind 0) as one range
+        # of positions, and where its groups with thresholds start: most matches of a paper
+        # are of the first kind, and found a query at a time, with no look at groups.
+        self.plain_start = array("i", [0]) * (unqueried + 1)  # query -> its first position
+        self.plain_stop = array("i", [0]) * (unqueried + 1)  # and one past its last without thresholds
+        self.first_checked = array("i", [0]) * (unqueried + 1)  # query -> its first group with thresholds
+        self.checked = bytearray(unqueried + 1)  # query -> 1 if it has groups with thresholds
+        for query in range(unqueried + 1):
+            first, stop = self.first_group[query], self.first_group[query + 1]
+            self.plain_start[query] = self.plain_stop[query] = self.first_member[first]
+            if first < stop and not self.kind_of[first]:
+                first += 1
+                self.plain_stop[query] = self.first_member[first]
+            self.first_checked[query] = first
+            self.checked[query] = first < stop
 
     def __bool__(self) -> bool:
         return bool(self.slots)
@@ -189,12 +203,10 @@ class WatchIndex:
         hits[watches.unqueried] = ()
         first_group, first_member, kind_of = watches.first_group, watches.first_member, watches.kind_of
         # Everything below is done a column at a time by C-level maps (a Python loop per group
-        # took a third of a day's time): the groups of the queries that matched, those whose
-        # thresholds the paper passes, their members and what they share.
+        # took a third of a day's time): the queries that matched, their watches without
+        # thresholds, and those of their groups with thresholds that the paper passes; their
+        # members and what they share.
         numbers = list(hits)
-        starts = list(map(first_group.__getitem__, numbers))
-        stops = list(map(first_group.__getitem__, map(_one_more, numbers)))
-        groups = list(chain.from_iterable(map(range, starts, stops)))
         # The hits of many queries are one shared tuple (see QueryIndex.match): its order and
         # score are worked out once, by its identity.
         shown = {id(found): found for found in hits.values()}
@@ -203,20 +215,31 @@ class WatchIndex:
             # by field name, they are in the order _unique gives.
             ordered = tuple(sorted(found, key=_field_name))
             shown[key] = (ordered, _score(paper, ordered))
-        per_query = map(shown.__getitem__, map(id, hits.values()))
-        views = chain.from_iterable(map(repeat, per_query, map(sub, stops, starts)))
-        # Thresholds are checked once per paper for each set of them: a tuple of reasons where
-        # they let the paper through (empty, or why it rose), None where not.
+        views = list(map(shown.__getitem__, map(id, hits.values())))
+        # Watches without thresholds: a range of positions per query.
+        member_starts = list(map(watches.plain_start.__getitem__, numbers))
+        member_stops = list(map(watches.plain_stop.__getitem__, numbers))
+        reasons: list[tuple[str, ...] | None] = [()] * len(numbers)
+        # Watches with thresholds: the groups of the queries that have some. Their thresholds
+        # are checked once per paper for each set of them: a tuple of reasons where they let
+        # the paper through (empty, or why it rose), None where not.
+        checked = list(map(watches.checked.__getitem__, numbers))
+        numbers = list(compress(numbers, checked))
+        starts = list(map(watches.first_checked.__getitem__, numbers))
+        stops = list(map(first_group.__getitem__, map(_one_more, numbers)))
+        checked_views = list(compress(views, checked))
+        groups = list(chain.from_iterable(map(range, starts, stops)))
         verdicts = [_verdict(watch, paper, before) for watch in watches.kinds]
-        reasons = list(map(verdicts.__getitem__, map(kind_of.__getitem__, groups)))
-        passed = list(map(is_not, reasons, repeat(None)))
+        group_reasons = list(map(verdicts.__getitem__, map(kind_of.__getitem__, groups)))
+        passed = list(map(is_not, group_reasons, repeat(None)))
+        group_views = chain.from_iterable(map(repeat, checked_views, map(sub, stops, starts)))
+        views += compress(group_views, passed)
+        reasons += compress(group_reasons, passed)
         accepted = list(compress(groups, passed))
-        views = list(compress(views, passed))
-        reasons = list(compress(reasons, passed))
-        member_starts = list(map(first_member.__getitem__, accepted))
-        member_stops = list(map(first_member.__getitem__, map(_one_more, accepted)))
+        member_starts += map(first_member.__getitem__, accepted)
+        member_stops += map(first_member.__getitem__, map(_one_more, accepted))
         counts = list(map(sub, member_stops, member_starts))
-        # A group's members are a slice of positions: their ids and names are copied a slice
+        # A range's members are a slice of positions: their ids and names are copied a slice
         # at a time, not looked up one by one.
         members = list(map(slice, member_starts, member_stops))
         owners = list(chain.from_iterable(map(watches.ids.__getitem__, members)))
@@ -241,7 +264,7 @@ class WatchIndex:
         places: defaultdict[str, list[int]] = defaultdict(list)
         for place in earlier:
             places[owners[place]].append(place)
-        ends = list(accumulate(counts))  # one past the place of each accepted group's last member
+        ends = list(accumulate(counts))  # one past the place of each range's last member
         slots = watches.slots
 
         def slot_at(place: int) -> int:
