@@ -252,17 +252,17 @@ class WatchIndex:
             list(map(_hits_in, views)),
             reasons,
         )
-        # Each owner's last place among them: fewer owners than places if someone has
-        # several watches matching the paper.
-        last = dict(zip(owners, count(), strict=False))
-        if len(last) == len(owners):
+        # Each owner's first place among them, and the places of owners seen before: some if
+        # a subscriber has several watches matching the paper.
+        first: dict[str, int] = {}
+        later = list(compress(count(), map(ne, map(first.setdefault, owners, count()), count())))
+        if not later:
             into += made
             return
-        # A subscriber with several watches matching gets one match joining them, in the place
-        # of their last; the places before it, few, are found by C-level maps and left out.
-        earlier = list(compress(count(), map(ne, map(last.__getitem__, owners), count())))
+        # Such a subscriber gets one match joining them, in the place of the first; the later
+        # places, few, are left out.
         places: defaultdict[str, list[int]] = defaultdict(list)
-        for place in earlier:
+        for place in later:
             places[owners[place]].append(place)
         ends = list(accumulate(counts))  # one past the place of each range's last member
         slots = watches.slots
@@ -272,10 +272,10 @@ class WatchIndex:
             return slots[member_stops[group] - (ends[group] - place)]
 
         for owner, at in places.items():
-            at.append(last[owner])
+            at.append(first[owner])
             at.sort(key=slot_at)  # the watches in their order
             joined = list(map(made.__getitem__, at))
-            made[last[owner]] = _combine(
+            made[first[owner]] = _combine(
                 owner,
                 paper,
                 chain.from_iterable(map(_watches_of, joined)),
@@ -283,7 +283,7 @@ class WatchIndex:
                 chain.from_iterable(map(_reasons_of, joined)),
             )
         start = 0
-        for place in earlier:
+        for place in later:
             into += made[start:place]
             start = place + 1
         into += made[start:]
