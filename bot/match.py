@@ -15,12 +15,13 @@ import dataclasses
 import gc
 import math
 from array import array
+from bisect import bisect_right
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import chain, compress, repeat
-from operator import attrgetter, is_not, itemgetter, not_, sub
+from itertools import accumulate, chain, compress, count, repeat
+from operator import attrgetter, is_not, itemgetter, ne, sub
 
 from bot.models import Paper, Subscriber, Watch
 from bot.query import Hit, Node, PaperText, QueryIndex, index_paper, match_query
@@ -34,6 +35,7 @@ _score_of = attrgetter("score")
 _hits_in, _score_in = itemgetter(0), itemgetter(1)
 _one_more = (1).__add__
 _subscriber_id = attrgetter("subscriber_id")
+_hits_of, _watches_of, _reasons_of = attrgetter("hits"), attrgetter("watches"), attrgetter("reasons")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,8 @@ class _WatchSet:
     one watch's: a Python object per watch or per group took 300 MB for 100,000 subscribers.
     The watches are put in order (their "positions") group after group, the groups query
     after query, those without thresholds first; so a group is a range of positions and a
-    query a range of groups, told by offsets in arrays. Watches with thresholds only come
+    query a range of groups, told by offsets in arrays, and so are a query's watches without
+    thresholds. Watches with thresholds only come
     last, under a query number of their own, `unqueried`.
     """
 
@@ -117,7 +120,6 @@ class _WatchSet:
         self.ids: list[str] = []  # position -> subscriber id
         self.names: list[tuple[str]] = []  # position -> the watch's name, as Match.watches has it
         self.first_member = array("i")  # group -> its first position (and one past the last)
-        self.query_of = array("i")  # group -> its query number
         self.kind_of = array("i")  # group -> the number of its thresholds
         # thresholds' number -> a watch to check them on (None: no thresholds, kind 0)
         self.kinds: list[Watch | None] = [None] * len(kinds)
@@ -134,7 +136,6 @@ class _WatchSet:
                     self.first_group[next_query] = len(self.kind_of)
                     next_query += 1
                 self.first_member.append(position)
-                self.query_of.append(query)
                 self.kind_of.append(kind)
                 if kind:
                     self.kinds[kind] = index.watches[slot]
@@ -142,6 +143,21 @@ class _WatchSet:
         self.first_member.append(len(self.slots))
         for query in range(next_query, unqueried + 2):
             self.first_group[query] = len(self.kind_of)
+        # Per query, its watches without thresholds (its first group, if of kind 0) as one range
+        # of positions, and where its groups with thresholds start: most matches of a paper
+        # are of the first kind, and found a query at a time, with no look at groups.
+        self.plain_start = array("i", [0]) * (unqueried + 1)  # query -> its first position
+        self.plain_stop = array("i", [0]) * (unqueried + 1)  # and one past its last without thresholds
+        self.first_checked = array("i", [0]) * (unqueried + 1)  # query -> its first group with thresholds
+        self.checked = bytearray(unqueried + 1)  # query -> 1 if it has groups with thresholds
+        for query in range(unqueried + 1):
+            first, stop = self.first_group[query], self.first_group[query + 1]
+            self.plain_start[query] = self.plain_stop[query] = self.first_member[first]
+            if first < stop and not self.kind_of[first]:
+                first += 1
+                self.plain_stop[query] = self.first_member[first]
+            self.first_checked[query] = first
+            self.checked[query] = first < stop
 
     def __bool__(self) -> bool:
         return bool(self.slots)
@@ -187,12 +203,10 @@ class WatchIndex:
         hits[watches.unqueried] = ()
         first_group, first_member, kind_of = watches.first_group, watches.first_member, watches.kind_of
         # Everything below is done a column at a time by C-level maps (a Python loop per group
-        # took a third of a day's time): the groups of the queries that matched, those whose
-        # thresholds the paper passes, their members and what they share.
+        # took a third of a day's time): the queries that matched, their watches without
+        # thresholds, and those of their groups with thresholds that the paper passes; their
+        # members and what they share.
         numbers = list(hits)
-        starts = list(map(first_group.__getitem__, numbers))
-        stops = list(map(first_group.__getitem__, map(_one_more, numbers)))
-        groups = list(chain.from_iterable(map(range, starts, stops)))
         # The hits of many queries are one shared tuple (see QueryIndex.match): its order and
         # score are worked out once, by its identity.
         shown = {id(found): found for found in hits.values()}
@@ -201,64 +215,78 @@ class WatchIndex:
             # by field name, they are in the order _unique gives.
             ordered = tuple(sorted(found, key=_field_name))
             shown[key] = (ordered, _score(paper, ordered))
-        per_query = map(shown.__getitem__, map(id, hits.values()))
-        views = chain.from_iterable(map(repeat, per_query, map(sub, stops, starts)))
-        # Thresholds are checked once per paper for each set of them: a tuple of reasons where
-        # they let the paper through (empty, or why it rose), None where not.
-        kinds = list(map(kind_of.__getitem__, groups))
-        verdicts = {kind: _verdict(watches.kinds[kind], paper, before) for kind in set(kinds)}
-        reasons = list(map(verdicts.__getitem__, kinds))
-        passed = list(map(is_not, reasons, repeat(None)))
+        views = list(map(shown.__getitem__, map(id, hits.values())))
+        # Watches without thresholds: a range of positions per query.
+        member_starts = list(map(watches.plain_start.__getitem__, numbers))
+        member_stops = list(map(watches.plain_stop.__getitem__, numbers))
+        reasons: list[tuple[str, ...] | None] = [()] * len(numbers)
+        # Watches with thresholds: the groups of the queries that have some. Their thresholds
+        # are checked once per paper for each set of them: a tuple of reasons where they let
+        # the paper through (empty, or why it rose), None where not.
+        checked = list(map(watches.checked.__getitem__, numbers))
+        numbers = list(compress(numbers, checked))
+        starts = list(map(watches.first_checked.__getitem__, numbers))
+        stops = list(map(first_group.__getitem__, map(_one_more, numbers)))
+        checked_views = list(compress(views, checked))
+        groups = list(chain.from_iterable(map(range, starts, stops)))
+        verdicts = [_verdict(watch, paper, before) for watch in watches.kinds]
+        group_reasons = list(map(verdicts.__getitem__, map(kind_of.__getitem__, groups)))
+        passed = list(map(is_not, group_reasons, repeat(None)))
+        group_views = chain.from_iterable(map(repeat, checked_views, map(sub, stops, starts)))
+        views += compress(group_views, passed)
+        reasons += compress(group_reasons, passed)
         accepted = list(compress(groups, passed))
-        views = list(compress(views, passed))
-        reasons = list(compress(reasons, passed))
-        member_starts = list(map(first_member.__getitem__, accepted))
-        member_stops = list(map(first_member.__getitem__, map(_one_more, accepted)))
+        member_starts += map(first_member.__getitem__, accepted)
+        member_stops += map(first_member.__getitem__, map(_one_more, accepted))
         counts = list(map(sub, member_stops, member_starts))
-        positions = list(chain.from_iterable(map(range, member_starts, member_stops)))
-        owners = list(map(watches.ids.__getitem__, positions))
+        # A range's members are a slice of positions: their ids and names are copied a slice
+        # at a time, not looked up one by one.
+        members = list(map(slice, member_starts, member_stops))
+        owners = list(chain.from_iterable(map(watches.ids.__getitem__, members)))
         made = _make_matches(
             paper,
             owners,
-            list(map(watches.names.__getitem__, positions)),
+            list(chain.from_iterable(map(watches.names.__getitem__, members))),
             counts,
             list(map(_score_in, views)),
             list(map(_hits_in, views)),
             reasons,
         )
-        if len(set(owners)) == len(owners):
+        # Each owner's first place among them, and the places of owners seen before: some if
+        # a subscriber has several watches matching the paper.
+        first: dict[str, int] = {}
+        later = list(compress(count(), map(ne, map(first.setdefault, owners, count()), count())))
+        if not later:
             into += made
             return
-        # A subscriber with several watches matching gets one match joining them: made apart.
-        several = _repeated(owners)
-        picked = list(map(several.__contains__, owners))
-        into += compress(made, map(not_, picked))
-        joined: defaultdict[str, list[tuple[int, int, tuple[str, ...]]]] = defaultdict(list)
-        member_groups = chain.from_iterable(map(repeat, range(len(accepted)), counts))
-        for position, owner, at in zip(
-            compress(positions, picked),
-            compress(owners, picked),
-            compress(member_groups, picked),
-            strict=True,
-        ):
-            joined[owner].append((watches.slots[position], watches.query_of[accepted[at]], reasons[at]))
-        for subscriber_id, entries in joined.items():
-            entries.sort()  # the watches in their order
-            into.append(
-                _combine(
-                    subscriber_id,
-                    paper,
-                    [self.watches[slot].name for slot, _, _ in entries],
-                    [hit for _, number, _ in entries for hit in hits[number]],
-                    [reason for _, _, reason in entries for reason in reason],
-                )
+        # Such a subscriber gets one match joining them, in the place of the first; the later
+        # places, few, are left out.
+        places: defaultdict[str, list[int]] = defaultdict(list)
+        for place in later:
+            places[owners[place]].append(place)
+        ends = list(accumulate(counts))  # one past the place of each range's last member
+        slots = watches.slots
+
+        def slot_at(place: int) -> int:
+            group = bisect_right(ends, place)
+            return slots[member_stops[group] - (ends[group] - place)]
+
+        for owner, at in places.items():
+            at.append(first[owner])
+            at.sort(key=slot_at)  # the watches in their order
+            joined = list(map(made.__getitem__, at))
+            made[first[owner]] = _combine(
+                owner,
+                paper,
+                chain.from_iterable(map(_watches_of, joined)),
+                chain.from_iterable(map(_hits_of, joined)),
+                chain.from_iterable(map(_reasons_of, joined)),
             )
-
-
-def _repeated(items: list[str]) -> set[str]:
-    """The items found more than once."""
-    seen: set[str] = set()
-    return {item for item in items if item in seen or seen.add(item)}  # type: ignore[func-returns-value]
+        start = 0
+        for place in later:
+            into += made[start:place]
+            start = place + 1
+        into += made[start:]
 
 
 def _verdict(watch: Watch | None, paper: Paper, before: int | None) -> tuple[str, ...] | None:
@@ -296,7 +324,7 @@ def _score(paper: Paper, hits: Iterable[Hit]) -> float:
 
 
 def _combine(
-    subscriber_id: str, paper: Paper, names: list[str], hits: list[Hit], reasons: list[str]
+    subscriber_id: str, paper: Paper, names: Iterable[str], hits: Iterable[Hit], reasons: Iterable[str]
 ) -> Match:
     """One subscriber's match of one paper, from the watches (in their order) that matched it."""
     unique = _unique(hits)

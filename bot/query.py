@@ -620,6 +620,14 @@ class QueryIndex:
                 partner = min((self._leaves[n] for n in larger.required if n != first), key=_commonness)
                 paired.setdefault(first, {}).setdefault(numbers[partner], []).append(number)
                 continue
+            elif larger.kind == "tree" and larger.required and larger.needs:
+                # An AND of leaves and ORs, (a OR b) c: filed under its rarest leaf and each of
+                # the rarest OR's, tried only where it holds both (one in forty did otherwise).
+                first = min(larger.required, key=lambda n: _commonness(self._leaves[n]))
+                need = min(larger.needs, key=lambda ns: sum(_commonness(self._leaves[n]) for n in ns))
+                for partner in need:
+                    paired.setdefault(first, {}).setdefault(partner, []).append(number)
+                continue
             for leaf in anchors or ():
                 anchored[numbers[leaf]].append(number)
         self._either = tuple(tuple(found) for found in either)
