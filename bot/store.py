@@ -681,14 +681,8 @@ class Store:
         if not conn.in_transaction:  # a bug: what came before would no longer be undone with the rest
             raise RuntimeError("something committed inside Store.batch: its writes are no longer one")
 
-    def _delivery(self, row: dict, papers: Iterable[str] | None = None) -> Delivery:
-        if papers is None:
-            papers = [
-                paper_id
-                for (paper_id,) in self.db.execute(
-                    "select paper_id from delivery_papers where delivery_id = ? order by rank", [row["id"]]
-                )
-            ]
+    @staticmethod
+    def _delivery(row: dict, papers: Iterable[str]) -> Delivery:
         return Delivery(
             id=row["id"],
             subscriber_id=row["subscriber_id"],
@@ -727,19 +721,15 @@ class Store:
 
     def get_delivery(self, delivery_id: int) -> Delivery | None:
         """One ledger row, with its papers."""
-        row = next(self.db.query(f"{_DELIVERIES} where id = ?", [delivery_id]), None)
-        return self._delivery(row) if row else None
+        found = self._deliveries("where id = ?", [delivery_id])
+        return found[0] if found else None
 
     def find_delivery(self, subscriber_id: str, channel: str, period: str) -> Delivery | None:
         """The digest of this subscriber, channel and period, if the ledger has it."""
-        row = next(
-            self.db.query(
-                f"{_DELIVERIES} where subscriber_id = ? and channel = ? and period = ?",
-                [subscriber_id, channel, period],
-            ),
-            None,
+        found = self._deliveries(
+            "where subscriber_id = ? and channel = ? and period = ?", [subscriber_id, channel, period]
         )
-        return self._delivery(row) if row else None
+        return found[0] if found else None
 
     def reserve_delivery(
         self,
@@ -1152,17 +1142,16 @@ def _fts_query(text: str) -> str:
     return " ".join(f'"{w}"' for w in words) or '""'
 
 
-def _claim_new_database(db: sqlite_utils.Database, path: str) -> None:
+def _claim_new_database(db: sqlite_utils.Database) -> None:
     """Mark a database paperbot is about to make as paperbot's (PRAGMA application_id), before
     its first table: a first migration killed halfway is finished on the next open, and a file
     of another program, which has tables but not that mark, is refused untouched."""
     if not db.table_names():
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     elif db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-        db.close()
-        raise StoreError(
-            f"cannot use the database {path}: it has tables that paperbot did not make: "
-            "is it a paperbot database? Give paperbot a file of its own (--db)"
+        raise sqlite3.DatabaseError(
+            "it has tables that paperbot did not make: is it a paperbot database? "
+            "Give paperbot a file of its own (--db)"
         )
 
 
@@ -1185,7 +1174,7 @@ def open_store(path: str | Path) -> Store:
             db.execute("PRAGMA synchronous = NORMAL")
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
-            _claim_new_database(db, path)
+            _claim_new_database(db)
     except sqlite3.Error as error:  # not a database, a folder, locked, ...
         if db is not None:
             db.close()
