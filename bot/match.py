@@ -20,7 +20,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import accumulate, chain, compress, count, repeat
+from itertools import accumulate, chain, compress, repeat
 from operator import attrgetter, is_not, itemgetter, ne, sub
 
 from bot.models import Paper, Subscriber, Watch
@@ -255,7 +255,8 @@ class WatchIndex:
         # Each owner's first place among them, and the places of owners seen before: some if
         # a subscriber has several watches matching the paper.
         first: dict[str, int] = {}
-        later = list(compress(count(), map(ne, map(first.setdefault, owners, count()), count())))
+        places = list(range(len(owners)))  # made once, read three times
+        later = list(compress(places, map(ne, map(first.setdefault, owners, places), places)))
         if not later:
             into += made
             return
