@@ -20,6 +20,7 @@ that cannot match a paper (see bot.match).
 from __future__ import annotations
 
 import difflib
+from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -437,9 +438,16 @@ def _field_names(field: str | None) -> tuple[str, ...]:
     return DEFAULT_FIELDS if field is None else (field,)
 
 
+def _label(leaf: Term | Phrase) -> str:
+    """What a leaf's hits say they found (Hit.term): "model", "distill*", "world model"."""
+    if isinstance(leaf, Phrase):
+        return " ".join(leaf.words)
+    return leaf.word + "*" if leaf.prefix else leaf.word
+
+
 def _match_term(node: Term, text: PaperText) -> list[Hit]:
     hits = []
-    label = node.word + "*" if node.prefix else node.word
+    label = _label(node)
     for field in _field_names(node.field):
         index = text.fields[field]
         if node.prefix:
@@ -463,7 +471,7 @@ def _match_phrase(node: Phrase, text: PaperText) -> list[Hit]:
     hits = []
     words = node.words
     last = len(words) - 1
-    label = " ".join(words)
+    label = _label(node)
     for field in _field_names(node.field):
         index = text.fields[field]
         terms = index.terms
@@ -509,8 +517,10 @@ def _hit_order(hit: Hit) -> tuple[int, int, int, str]:
     return (_FIELD_ORDER[hit.field], hit.start, hit.end, hit.term)
 
 
-def _sorted_hits(hits: list[Hit]) -> tuple[Hit, ...]:
-    return tuple(sorted(set(hits), key=_hit_order))
+def _sorted_hits(hits: list[Hit], unique: bool = False) -> tuple[Hit, ...]:
+    """The hits in _hit_order, without doubles; `unique` if there are none to drop."""
+    # Hit's hash is a Python function: making a set of them took half the time.
+    return tuple(sorted(hits if unique else set(hits), key=_hit_order))
 
 
 def match_query(node: Node, text: PaperText) -> tuple[Hit, ...] | None:
@@ -592,6 +602,9 @@ class QueryIndex:
             for leaf in _leaves(query):
                 numbers.setdefault(leaf, len(numbers))
         self._leaves = tuple(numbers)
+        # Leaves of one label (alike but for their field) can find the same hits; others cannot.
+        labels: dict[str, int] = {}
+        self._label_of = array("i", (labels.setdefault(_label(leaf), len(labels)) for leaf in self._leaves))
         # A query that is a leaf, or leaves ORed, matches wherever one of them is found: those
         # are found by set operations alone (see `match`), the others are evaluated.
         either: list[list[int]] = [[] for _ in self._leaves]  # leaf -> the queries of leaves ORed with it
@@ -720,11 +733,15 @@ class QueryIndex:
 
         joined: dict[frozenset[int], tuple[Hit, ...]] = {}  # the hits of several leaves together
 
+        label_of = self._label_of
+
         def hits_of_all(sources: Collection[int]) -> tuple[Hit, ...]:
             key = frozenset(sources)
             hits = joined.get(key)
             if hits is None:
-                hits = joined[key] = _sorted_hits([hit for leaf in sources for hit in hits_of(leaf)])
+                # Each leaf's hits are unique, and leaves of different labels find none alike.
+                unique = len(set(map(label_of.__getitem__, key))) == len(key)
+                hits = joined[key] = _sorted_hits([hit for leaf in key for hit in hits_of(leaf)], unique)
             return hits
 
         matched: dict[int, tuple[Hit, ...]] = {}
