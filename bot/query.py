@@ -654,7 +654,6 @@ class QueryIndex:
         # or more, which is checked.
         self._words: dict[str, dict[str, list[int]]] = {field: {} for field in FIELDS}
         self._prefixes: dict[str, dict[str, list[int]]] = {field: {} for field in FIELDS}
-        self._prefix_lengths: dict[str, set[int]] = {field: set() for field in FIELDS}
         self._phrases: dict[str, dict[tuple[str, ...], list[int]]] = {field: {} for field in FIELDS}
         self._phrase_lengths: dict[str, set[int]] = {field: set() for field in FIELDS}
         self._long_phrases: set[int] = set()
@@ -670,7 +669,6 @@ class QueryIndex:
                     self._words[field].setdefault(leaf.words[0], []).append(number)
                 elif leaf.prefix:
                     self._prefixes[field].setdefault(leaf.word, []).append(number)
-                    self._prefix_lengths[field].add(len(leaf.word))
                 else:
                     self._words[field].setdefault(leaf.word, []).append(number)
         # As tuples, one per distinct list: the default fields mostly file the same leaves.
@@ -680,6 +678,17 @@ class QueryIndex:
                 for key, numbers_of in by_key.items():
                     found = tuple(numbers_of)
                     by_key[key] = shared.setdefault(found, found)  # type: ignore[assignment]
+        # Prefixes by their first letters, as many as the field's shortest prefix has: a word of
+        # a paper is looked up once, then tried on the few prefixes that start as it does, not
+        # looked up cut at each length of prefix.
+        self._prefix_starts: dict[str, tuple[int, dict[str, tuple[tuple[str, tuple[int, ...]], ...]]]] = {}
+        for field, by_prefix in self._prefixes.items():
+            shortest = min(map(len, by_prefix), default=0)
+            starts: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+            for prefix, numbers_of in by_prefix.items():
+                starts.setdefault(prefix[:shortest], []).append((prefix, numbers_of))  # type: ignore[arg-type]
+            self._prefix_starts[field] = (shortest, {start: tuple(pairs) for start, pairs in starts.items()})
+        del self._prefixes
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -688,15 +697,17 @@ class QueryIndex:
         """Every leaf the paper contains, and the long phrases whose first three words it contains."""
         found: set[int] = set()
         for field, index in text.fields.items():
-            words, prefixes, phrases = self._words[field], self._prefixes[field], self._phrases[field]
+            words, phrases = self._words[field], self._phrases[field]
             if words:
                 for term in index.positions:
                     if (numbers := words.get(term)) is not None:
                         found.update(numbers)
-            for length in self._prefix_lengths[field]:
+            shortest, starts = self._prefix_starts[field]
+            if starts:
                 for form in index.forms:
-                    if (numbers := prefixes.get(form[:length])) is not None:
-                        found.update(numbers)
+                    for prefix, numbers in starts.get(form[:shortest], ()):
+                        if form.startswith(prefix):
+                            found.update(numbers)
             terms = index.terms
             for length in self._phrase_lengths[field]:
                 for start in zip(*(terms[i:] for i in range(length)), strict=False):
