@@ -20,7 +20,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import accumulate, chain, compress, count, repeat
+from itertools import accumulate, chain, compress, repeat
 from operator import attrgetter, is_not, itemgetter, ne, sub
 
 from bot.models import Paper, Subscriber, Watch
@@ -89,8 +89,8 @@ class _WatchSet:
     The watches are put in order (their "positions") group after group, the groups query
     after query, those without thresholds first; so a group is a range of positions and a
     query a range of groups, told by offsets in arrays, and so are a query's watches without
-    thresholds. Watches with thresholds only come
-    last, under a query number of their own, `unqueried`.
+    thresholds. Watches with thresholds only come last, under a query number of their own,
+    `unqueried`.
     """
 
     def __init__(self, slots: Iterable[int], index: WatchIndex):
@@ -255,15 +255,16 @@ class WatchIndex:
         # Each owner's first place among them, and the places of owners seen before: some if
         # a subscriber has several watches matching the paper.
         first: dict[str, int] = {}
-        later = list(compress(count(), map(ne, map(first.setdefault, owners, count()), count())))
+        places = list(range(len(owners)))  # made once, read three times
+        later = list(compress(places, map(ne, map(first.setdefault, owners, places), places)))
         if not later:
             into += made
             return
         # Such a subscriber gets one match joining them, in the place of the first; the later
         # places, few, are left out.
-        places: defaultdict[str, list[int]] = defaultdict(list)
+        joins: defaultdict[str, list[int]] = defaultdict(list)  # owner -> their places
         for place in later:
-            places[owners[place]].append(place)
+            joins[owners[place]].append(place)
         ends = list(accumulate(counts))  # one past the place of each range's last member
         slots = watches.slots
 
@@ -271,7 +272,7 @@ class WatchIndex:
             group = bisect_right(ends, place)
             return slots[member_stops[group] - (ends[group] - place)]
 
-        for owner, at in places.items():
+        for owner, at in joins.items():
             at.append(first[owner])
             at.sort(key=slot_at)  # the watches in their order
             joined = list(map(made.__getitem__, at))

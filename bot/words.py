@@ -117,8 +117,12 @@ def scan(text: str, plural: bool = True) -> list[tuple[str, str, int, int]]:
     append = found.append
     parts_of = _fold_parts
     for match in _WORD.finditer(text):
+        parts = parts_of(match.group(), plural)
+        if len(parts) == 1:  # nearly always: one tuple made, not unpacked and packed again
+            append(parts[0] + match.span())
+            continue
         start, end = match.span()
-        for term, plain in parts_of(match.group(), plural):
+        for term, plain in parts:
             append((term, plain, start, end))
     return found
 

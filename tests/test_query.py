@@ -583,6 +583,8 @@ def test_real_query_index_finds_what_each_query_finds(real_papers, real_texts):
         "-survey -benchmark",
         "diffusion OR flow OR agent",
         "(RL OR reasoning) benchmark*",
+        "title:agent agent",  # two leaves alike but for their field: the same hits, kept once
+        "(title:agent OR agent) LLM",
         '(diffusion -"language model") OR (author:Li -agent)',
         "NOT (agent OR LLM)",
         "agent",
