@@ -127,6 +127,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "smtp.rate", float, 0.0, "at most this many messages a second (0: no limit)", check=_not_negative
     ),
+    Setting(
+        "run.helper_from",
+        int,
+        256,
+        "a run with this many digests renders them in a helper process while it sends (Linux; 0: never)",
+        check=_not_negative,
+    ),
     Setting("web.base_url", str, "http://localhost:8000", "where `paperbot serve` is reached", check=_url),
     Setting(
         "web.secret",

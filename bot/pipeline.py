@@ -1,6 +1,7 @@
 """One run of paperbot, end to end, over injected parts (client, store, senders, clock).
 
-run_once: poll (or read the bundled capture) ─> plan digests ─> reserve + render ─> send
+run_once: poll (or read the bundled capture) ─> plan digests ─> reserve + render ─> send, a batch
+at a time; in a big run, a forked helper process renders the batches ahead (see _rendered_batches).
 """
 
 from __future__ import annotations
@@ -8,15 +9,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
 import re
 import secrets
-from collections.abc import Callable
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from email.utils import parseaddr
 from importlib import resources
+from time import monotonic
 
 from bot.alerts import check_alerts
 from bot.captures import read_capture
@@ -431,6 +439,7 @@ def run_once(
         fetched, source_error = f"fetch failed: {error}", error
     mail = message_settings(settings, store)
     planned, errors = [], []
+    plans: list[DigestPlan] = []
     skipped: list[Skip] = []
     if source_error is None:
         grace = timedelta(hours=settings["schedule.grace_hours"])
@@ -444,23 +453,30 @@ def run_once(
         # Instant alerts: the instant watches' matches since the last alert, right after the poll.
         instants, _ = plan_digests(store, subscribers, clock(), kinds=senders.keys(), instant=True)
         plans += instants
-        prepare_cards(m for plan in plans for m in plan.matches[: plan.subscriber.max_papers])
-        # Reserved and rendered RESERVE_BATCH digests to a commit: nothing is sent before they
-        # are committed, and a crash before that loses only work, which the next run does again.
-        for start in range(0, len(plans), RESERVE_BATCH):
-            with nullcontext() if dry_run else store.batch():
-                for plan in plans[start : start + RESERVE_BATCH]:
-                    made = _make_one(store, plan, mail, clock, dry_run, errors)
-                    if made is not None:
-                        planned.append(made)
+    outcomes: list[Outcome] = []
+    policy = retry_policy(settings)
+    if not dry_run:
+        finish_interrupted(store, subscribers if everyone is None else everyone, _composer(mail, []), clock())
+    # RESERVE_BATCH digests reserved and rendered to a commit, then sent: nothing is sent before
+    # it is committed, a crash before that loses only work, which the next run does again, and
+    # the first digests leave while the later ones are made (by a helper process in a big run).
+    for batch, ahead in _rendered_batches(plans, mail, settings["run.helper_from"]):
+        with nullcontext() if dry_run else store.batch():
+            for plan, ready in zip(batch, ahead, strict=True):
+                made = _make_one(store, plan, mail, clock, dry_run, errors, ready)
+                if made is not None:
+                    planned.append(made)
+        if not dry_run:
+            outcomes += send_due(store, senders, clock, policy, should_stop)
+        if should_stop():
+            break
     if dry_run:
         return RunReport(fetched, tuple(planned), tuple(skipped), (), tuple(errors), source_error)
 
-    finish_interrupted(store, subscribers if everyone is None else everyone, _composer(mail, []), clock())
-    outcomes = send_due(store, senders, clock, retry_policy(settings), should_stop)
+    outcomes += send_due(store, senders, clock, policy, should_stop)  # retries, when nothing was new
     # After sending, so a channel disabled just now is told now; the alert mails go at once.
     if check_alerts(store, settings, subscription_errors, clock()):
-        outcomes += send_due(store, senders, clock, retry_policy(settings), should_stop)
+        outcomes += send_due(store, senders, clock, policy, should_stop)
     return RunReport(fetched, tuple(planned), tuple(skipped), tuple(outcomes), tuple(errors), source_error)
 
 
@@ -471,11 +487,12 @@ def _make_one(
     clock: Callable[[], datetime],
     dry_run: bool,
     errors: list[str],
+    ready: _Ready | None = None,
 ) -> Made | None:
     """Reserve and render one planned digest (in a dry run, only render it); None, with the
-    error noted, when it cannot be made."""
+    error noted, when it cannot be made. `ready`: its message, if a helper made it already."""
     made: list[Made] = []
-    compose = _composer(mail, made)
+    compose = _composer(mail, made, ready)
     try:
         if dry_run:
             shown = plan.matches[: plan.subscriber.max_papers]
@@ -487,6 +504,116 @@ def _make_one(
         log.error("cannot make the digest of %s/%s: %s", plan.subscriber.id, plan.channel.name, error)
         return None
     return made[-1] if made else None
+
+
+# -- a helper process that renders ahead -------------------------------------------------------
+#
+# Rendering takes more CPU than anything else in a run, and a run of thousands of digests can
+# render on a second core while this process reserves and sends. The helper is forked, so it
+# has the plans without their being copied (pickling them cost a third of rendering them); it
+# renders batch after batch, a few ahead, and returns the bytes. Only where forking is safe:
+# on Linux, from a process with one thread (`paperbot run --once`; the daemon's runs are on a
+# scheduler thread and render in-process). Should the helper die, the run renders the rest
+# itself; a digest the helper could not make is made here again, to report why.
+
+
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    """A digest's message made by the helper: good for exactly these papers and this total."""
+
+    paper_ids: tuple[str, ...]
+    total: int
+    data: bytes
+    identity: str
+    subject: str
+    shown: int
+
+
+HELPER_AHEAD = 4  # batches the helper may render ahead of the sending: bounds the memory held
+_helper_work: tuple[list[DigestPlan], MessageSettings] | None = None  # what a forked helper inherits
+
+
+def _rendered_batches(
+    plans: list[DigestPlan], mail: MessageSettings, helper_from: int
+) -> Iterator[tuple[list[DigestPlan], list[_Ready | None]]]:
+    """`plans` in batches of RESERVE_BATCH, each with the messages a helper rendered for it
+    (None for each, rendered by the caller, when there is no helper)."""
+    batches = [plans[start : start + RESERVE_BATCH] for start in range(0, len(plans), RESERVE_BATCH)]
+    helper = _start_helper(plans, mail) if helper_from and len(plans) >= helper_from else None
+    if helper is None:
+        prepare_cards(m for plan in plans for m in plan.matches[: plan.subscriber.max_papers])
+        for batch in batches:
+            yield batch, [None] * len(batch)
+        return
+    log.info("rendering %d digests in a helper process", len(plans))
+    waited = 0.0
+    try:
+        futures = deque()
+        for number in range(len(batches)):
+            while len(futures) < HELPER_AHEAD and number + len(futures) < len(batches):
+                at = (number + len(futures)) * RESERVE_BATCH
+                futures.append(helper.submit(_render_batch, at, at + RESERVE_BATCH))
+            try:
+                clock_start = monotonic()
+                ready = futures.popleft().result()
+                waited += monotonic() - clock_start
+            except (BrokenProcessPool, OSError) as error:
+                log.warning("the helper process failed (%s): rendering the rest here", error)
+                rest = [p for batch in batches[number:] for p in batch]
+                prepare_cards(m for plan in rest for m in plan.matches[: plan.subscriber.max_papers])
+                for batch in batches[number:]:
+                    yield batch, [None] * len(batch)
+                return
+            yield batches[number], ready
+    finally:
+        helper.shutdown(wait=True, cancel_futures=True)
+        log.debug("waited %.2f s for the helper's rendering", waited)
+
+
+def _start_helper(plans: list[DigestPlan], mail: MessageSettings) -> ProcessPoolExecutor | None:
+    """A forked helper holding `plans`, or None where forking is not safe (or fails)."""
+    global _helper_work
+    if not sys.platform.startswith("linux") or threading.active_count() != 1 or _cpus() < 2:
+        return None
+    _helper_work = (plans, mail)
+    try:
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+        pool.submit(int).result()  # forks now, while this process has one thread
+    except (OSError, BrokenProcessPool) as error:
+        log.warning("cannot start a helper process (%s): rendering here", error)
+        return None
+    finally:
+        _helper_work = None  # the helper has its copy
+    return pool
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _render_batch(start: int, stop: int) -> list[_Ready | None]:
+    """In the helper: the messages of plans[start:stop] (None for one that cannot be made)."""
+    assert _helper_work is not None, "a helper renders only what it inherited"
+    plans, mail = _helper_work
+    batch = plans[start:stop]
+    prepare_cards(m for plan in batch for m in plan.matches[: plan.subscriber.max_papers])
+    ready: list[_Ready | None] = []
+    for plan in batch:
+        shown = plan.matches[: plan.subscriber.max_papers]
+        try:
+            data, identity, made = render_message(plan, shown, len(plan.matches), mail)
+        except (BotError, ValueError):
+            ready.append(None)
+            continue
+        ready.append(
+            _Ready(
+                tuple(m.paper.id for m in shown), len(plan.matches), data, identity, made.subject, made.shown
+            )
+        )
+    return ready
 
 
 def preview_digest(
@@ -517,10 +644,14 @@ def preview_digest(
     return rendered.html, rendered.text, rendered.subject
 
 
-def _composer(mail: MessageSettings, made: list[Made]):
-    """A Compose function for the ledger that also keeps what it made (for the report)."""
+def _composer(mail: MessageSettings, made: list[Made], ready: _Ready | None = None):
+    """A Compose function for the ledger that also keeps what it made (for the report);
+    with `ready`, the message a helper made, when it is for the very papers asked for."""
 
     def compose(plan: DigestPlan, shown: tuple, total: int) -> tuple[bytes, str, str]:
+        if ready is not None and ready.total == total and ready.paper_ids == tuple(m.paper.id for m in shown):
+            made.append(Made(plan, ready.subject, ready.shown))
+            return ready.data, ready.identity, ready.subject
         data, identity, summary = render_message(plan, shown, total, mail)
         made.append(summary)
         return data, identity, summary.subject

@@ -5,6 +5,7 @@ with the papers their watches matched, at their time, and never again."""
 from __future__ import annotations
 
 import email
+import json
 import os
 import signal
 import subprocess
@@ -199,6 +200,116 @@ def test_a_digest_that_fails_to_render_holds_up_nobody_in_its_batch(world, monke
     )
     assert [(o.delivery.subscriber_id, o.status) for o in later.outcomes] == [("bob", "sent")]
     assert len(list(outbox.iterdir())) == 3
+
+
+# A run forks its helper only from a process with one thread, and this session's HTTP test
+# server has one of its own: these runs are made in a fresh interpreter, as `paperbot run` is.
+ALONE_RUN = """
+import json, logging, os, sys
+from datetime import datetime
+import bot.pipeline
+from bot.channels.email import OutboxSender
+from bot.config import load_settings
+from bot.pipeline import import_files, run_once
+from bot.store import open_store
+from bot.subscriptions import load_subscriptions
+
+db, folder, outbox, day, now, batch, die, broken = sys.argv[1:]
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+bot.pipeline.RESERVE_BATCH = int(batch)
+real_render, parent = bot.pipeline.render_message, os.getpid()
+
+
+def render_message(plan, *args):  # the forked helper inherits it
+    if os.getpid() != parent and plan.subscriber.id in die.split(","):
+        os._exit(9)  # as the OOM killer would kill it
+    if plan.subscriber.id in broken.split(","):
+        raise ValueError(f"{plan.subscriber.id}'s template broke")
+    return real_render(plan, *args)
+
+
+bot.pipeline.render_message = render_message
+with open_store(db) as store:
+    import_files(store, [day])
+    report = run_once(
+        store,
+        load_settings(None, environ=os.environ),
+        list(load_subscriptions(folder).subscribers),
+        fetch=lambda: "stored",
+        senders={"email": OutboxSender(outbox)},
+        clock=lambda: datetime.fromisoformat(now),
+    )
+print(json.dumps([[[o.delivery.subscriber_id, o.status] for o in report.outcomes], report.errors]))
+"""
+
+
+def run_alone(
+    tmp_path: Path, name: str, folder: Path, batch: int = 64, die: str = "", broken: str = "", **settings
+) -> tuple[list, list, str]:
+    """run_once in a fresh interpreter, `batch` digests to a ledger commit, its helper dying at
+    the digests of `die`, the digests of `broken` failing to render: (the outcomes, the errors,
+    its log)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERBOT_")}
+    env.update({f"PAPERBOT_{k.upper()}": str(v) for k, v in settings.items()})
+    env["PAPERBOT_WEB_SECRET"] = "the same secret for every run"
+    when = FRIDAY_9AM_BERLIN.isoformat()
+    args = [tmp_path / f"{name}.db", folder, tmp_path / name, DAY, when, batch, die, broken]
+    done = subprocess.run(
+        [sys.executable, "-c", ALONE_RUN, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    outcomes, errors = json.loads(done.stdout.splitlines()[-1])
+    return outcomes, errors, done.stderr
+
+
+def test_a_big_run_renders_in_a_helper_process_the_very_mail_it_renders_alone(tmp_path):
+    """From `run.helper_from` digests a forked helper renders while the run sends; what
+    arrives is byte for byte what a run rendering alone sends."""
+    folder = tmp_path / "subscriptions"
+    folder.mkdir()
+    for number, query in enumerate(["attention", "diffusion", "agent*", "video", "reasoning", "3D"]):
+        subscription(folder, f"p{number}", query, send_empty="true")
+    alone, _, log_alone = run_alone(tmp_path, "alone", folder, run_helper_from=0)
+    helped, _, log_helped = run_alone(tmp_path, "helped", folder, run_helper_from=4)
+    assert "helper process" not in log_alone
+    assert "rendering 6 digests in a helper process" in log_helped
+    assert alone == helped == [[f"p{n}", "sent"] for n in range(6)]
+    mine, its = (sorted((tmp_path / name).iterdir()) for name in ("alone", "helped"))
+    assert [p.name for p in mine] == [p.name for p in its]
+    assert len({p.read_bytes() for p in mine}) == 6  # six different digests
+    for ours, theirs in zip(mine, its, strict=True):
+        assert ours.read_bytes() == theirs.read_bytes(), ours.name
+
+
+def test_a_helper_that_dies_mid_run_loses_no_digest(tmp_path):
+    """The helper renders two digests to a batch and dies (as the OOM killer would kill it) in
+    its second batch: the run sends the first batch as the helper made it, renders the rest
+    itself, and every digest is sent, once."""
+    folder = tmp_path / "subscriptions"
+    folder.mkdir()
+    for number in range(6):
+        subscription(folder, f"p{number}")
+    outcomes, errors, log = run_alone(tmp_path, "out", folder, batch=2, die="p2", run_helper_from=2)
+    assert "rendering 6 digests in a helper process" in log
+    assert "the helper process failed" in log and not errors
+    assert outcomes == [[f"p{n}", "sent"] for n in range(6)]
+    assert len(list((tmp_path / "out").iterdir())) == 6
+
+
+def test_a_digest_the_helper_cannot_render_is_reported_and_holds_up_nobody(tmp_path):
+    folder = tmp_path / "subscriptions"
+    folder.mkdir()
+    for number in range(6):
+        subscription(folder, f"p{number}")
+    outcomes, errors, log = run_alone(tmp_path, "out", folder, batch=4, broken="p1", run_helper_from=2)
+    assert "rendering 6 digests in a helper process" in log and "helper process failed" not in log
+    assert errors == ["p1/email: p1's template broke"]
+    assert outcomes == [[f"p{n}", "sent"] for n in (0, 2, 3, 4, 5)]
 
 
 def test_smtp_delivery_with_a_greylisting_server(world, smtp_server):
