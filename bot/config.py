@@ -131,7 +131,8 @@ SETTINGS: tuple[Setting, ...] = (
         "run.helper_from",
         int,
         256,
-        "a run with this many digests renders them in a helper process while it sends (Linux; 0: never)",
+        "a run with this many digests renders them in a helper process while it sends"
+        " (Linux, 2 CPUs or more; 0: never)",
         check=_not_negative,
     ),
     Setting("web.base_url", str, "http://localhost:8000", "where `paperbot serve` is reached", check=_url),

@@ -265,6 +265,14 @@ def reserve_digest(store: Store, plan: DigestPlan, compose: Compose, now: dateti
     reserved = set(delivery.paper_ids)
     shown = tuple(m for m in shown if m.paper.id in reserved)
     total = len(plan.matches) - (len(plan.matches[: plan.subscriber.max_papers]) - len(shown))
+    alert = plan.period.key.startswith("instant ")
+    if not total and plan.matches and (alert or not plan.subscriber.send_empty):
+        # All its papers went out in another digest on this channel first (the daily digest
+        # and an instant alert of one run share a paper): nothing is left to say.
+        reason = "its papers went out in another digest on this channel first"
+        log.info("%s/%s: nothing to send: %s", plan.subscriber.id, plan.channel.name, reason)
+        store.mark_skipped(delivery.id, reason)
+        return dataclasses.replace(delivery, state="skipped", last_error=reason)
     message, message_id, subject = compose(plan, shown, total)
     if not store.attach_message(delivery.id, message=message, message_id=message_id, subject=subject):
         return store.get_delivery(delivery.id)  # another process attached its own first
@@ -361,9 +369,12 @@ def send_due(
     policy: RetryPolicy = RetryPolicy(),
     should_stop: Callable[[], bool] = lambda: False,
     sync_every: float = SYNC_EVERY,
+    tried: set[int] | None = None,
 ) -> list[Outcome]:
     """Send every delivery whose time has come. One failure never holds up the others.
     `should_stop` is asked between messages (a SIGTERM finishes the one in flight).
+    `tried`: the deliveries this run has sent or tried already, left alone (and added to), so
+    that a run calling this once a batch tries each delivery once and tells its outcome once.
 
     Each "sent" is committed right after the server's 250, so a crash of paperbot never sends
     a digest twice but in that instant; the records wait for the disk (a power cut) together,
@@ -376,9 +387,13 @@ def send_due(
         for delivery in store.deliveries_to_send(now()):
             if should_stop():
                 break
+            if tried is not None and delivery.id in tried:
+                continue
             outcome = _send_one(store, senders, delivery, owner, now, policy)
             if outcome is None:
                 continue
+            if tried is not None:
+                tried.add(delivery.id)
             outcomes.append(outcome)
             unsynced = True  # a "sent", and the parts of one, and failures too
             if monotonic() - synced >= sync_every:

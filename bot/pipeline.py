@@ -6,6 +6,7 @@ at a time; in a big run, a forked helper process renders the batches ahead (see 
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import logging
@@ -13,6 +14,7 @@ import multiprocessing
 import os
 import re
 import secrets
+import signal
 import sys
 import threading
 from collections import deque
@@ -455,6 +457,7 @@ def run_once(
         plans += instants
     outcomes: list[Outcome] = []
     policy = retry_policy(settings)
+    tried: set[int] = set()  # each delivery sent or tried once in a run, its outcome told once
     if not dry_run:
         finish_interrupted(store, subscribers if everyone is None else everyone, _composer(mail, []), clock())
     # RESERVE_BATCH digests reserved and rendered to a commit, then sent: nothing is sent before
@@ -467,16 +470,17 @@ def run_once(
                 if made is not None:
                     planned.append(made)
         if not dry_run:
-            outcomes += send_due(store, senders, clock, policy, should_stop)
+            outcomes += send_due(store, senders, clock, policy, should_stop, tried=tried)
         if should_stop():
             break
     if dry_run:
         return RunReport(fetched, tuple(planned), tuple(skipped), (), tuple(errors), source_error)
 
-    outcomes += send_due(store, senders, clock, policy, should_stop)  # retries, when nothing was new
+    # Retries that are due, when there was nothing new to send.
+    outcomes += send_due(store, senders, clock, policy, should_stop, tried=tried)
     # After sending, so a channel disabled just now is told now; the alert mails go at once.
     if check_alerts(store, settings, subscription_errors, clock()):
-        outcomes += send_due(store, senders, clock, policy, should_stop)
+        outcomes += send_due(store, senders, clock, policy, should_stop, tried=tried)
     return RunReport(fetched, tuple(planned), tuple(skipped), tuple(outcomes), tuple(errors), source_error)
 
 
@@ -513,8 +517,9 @@ def _make_one(
 # has the plans without their being copied (pickling them cost a third of rendering them); it
 # renders batch after batch, a few ahead, and returns the bytes. Only where forking is safe:
 # on Linux, from a process with one thread (`paperbot run --once`; the daemon's runs are on a
-# scheduler thread and render in-process). Should the helper die, the run renders the rest
-# itself; a digest the helper could not make is made here again, to report why.
+# scheduler thread and render in-process), and with two CPUs or more. Should the helper die,
+# the run renders the rest itself; a digest the helper could not make is made here again, to
+# report why. Should the run die, the helper is killed with it (_die_with_parent).
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,17 +553,17 @@ def _rendered_batches(
     log.info("rendering %d digests in a helper process", len(plans))
     waited = 0.0
     try:
-        futures = deque()
+        futures: deque = deque()
         for number in range(len(batches)):
-            while len(futures) < HELPER_AHEAD and number + len(futures) < len(batches):
-                at = (number + len(futures)) * RESERVE_BATCH
-                futures.append(helper.submit(_render_batch, at, at + RESERVE_BATCH))
             try:
+                while len(futures) < HELPER_AHEAD and number + len(futures) < len(batches):
+                    at = (number + len(futures)) * RESERVE_BATCH
+                    futures.append(helper.submit(_render_batch, at, at + RESERVE_BATCH))
                 clock_start = monotonic()
                 ready = futures.popleft().result()
                 waited += monotonic() - clock_start
-            except (BrokenProcessPool, OSError) as error:
-                log.warning("the helper process failed (%s): rendering the rest here", error)
+            except Exception as error:  # a dead helper (BrokenProcessPool), or a bug of its own
+                log.warning("the helper process failed (%r): rendering the rest here", error)
                 rest = [p for batch in batches[number:] for p in batch]
                 prepare_cards(m for plan in rest for m in plan.matches[: plan.subscriber.max_papers])
                 for batch in batches[number:]:
@@ -577,7 +582,12 @@ def _start_helper(plans: list[DigestPlan], mail: MessageSettings) -> ProcessPool
         return None
     _helper_work = (plans, mail)
     try:
-        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+        pool = ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
+        )
         pool.submit(int).result()  # forks now, while this process has one thread
     except (OSError, BrokenProcessPool) as error:
         log.warning("cannot start a helper process (%s): rendering here", error)
@@ -585,6 +595,20 @@ def _start_helper(plans: list[DigestPlan], mail: MessageSettings) -> ProcessPool
     finally:
         _helper_work = None  # the helper has its copy
     return pool
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the helper, first: be killed with the run that forked it (a `kill -9` of paperbot,
+    say), rather than live on, orphaned, holding its log and database open."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux after all: the helper ends with its work
+        return
+    if os.getppid() != parent:  # the run died before the line above: nobody to render for
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def _cpus() -> int:
@@ -605,7 +629,7 @@ def _render_batch(start: int, stop: int) -> list[_Ready | None]:
         shown = plan.matches[: plan.subscriber.max_papers]
         try:
             data, identity, made = render_message(plan, shown, len(plan.matches), mail)
-        except (BotError, ValueError):
+        except Exception:  # the run makes this one again itself, and reports why it failed
             ready.append(None)
             continue
         ready.append(

@@ -55,6 +55,11 @@ def run(store, settings, folder, senders, now, **options):
     )
 
 
+def statuses(report) -> list[tuple[str, str]]:
+    """Who each delivery of a run was for, and what became of it."""
+    return [(o.delivery.subscriber_id, o.status) for o in report.outcomes]
+
+
 @pytest.fixture
 def world(tmp_path, make_settings):
     """A store holding the real 2026-06-12 listing, a subscriptions folder, an outbox."""
@@ -115,6 +120,24 @@ def test_empty_digests_only_for_those_who_ask(world):
     assert "No new papers" in parsed(path)["Subject"]
 
 
+def test_an_alert_whose_papers_all_went_in_the_digest_is_not_sent_empty(world):
+    """Eve's instant watch and her digest watch find the same papers, and the digest, due in
+    the same run, takes them first: she gets the digest and no "No new papers" alert."""
+    store, folder, settings, outbox = world
+    subscription(folder, "eve")
+    with (folder / "eve.toml").open("a") as file:
+        file.write('\n[[watch]]\nname = "now"\nquery = "attention"\ndelivery = "instant"\n')
+    report = run(store, settings, folder, {"email": OutboxSender(outbox)}, FRIDAY_9AM_BERLIN)
+    assert [(o.delivery.period, o.status) for o in report.outcomes] == [("2026-06-12", "sent")]
+    assert [p.name for p in outbox.iterdir()] == ["2026-06-12-eve-email.eml"]
+    (alert,) = [d for d in map(store.get_delivery, (1, 2)) if d.period.startswith("instant ")]
+    assert (alert.state, alert.last_error) == (
+        "skipped",
+        "its papers went out in another digest on this channel first",
+    )
+    assert run(store, settings, folder, {"email": OutboxSender(outbox)}, FRIDAY_9AM_BERLIN).outcomes == ()
+
+
 def test_the_first_digest_covers_the_latest_day_unless_asked_for_more(tmp_path, make_settings):
     folder = tmp_path / "subscriptions"
     folder.mkdir()
@@ -161,7 +184,7 @@ def test_one_broken_subscriber_holds_up_nobody(world, monkeypatch):
     # once the operator sets the variable, bob's reserved digest is rendered and sent
     monkeypatch.setenv("BOB_WORK_MAIL", "bob@work.example.org")
     later = run(store, settings, folder, {"email": OutboxSender(outbox)}, FRIDAY_9AM_BERLIN)
-    assert [(o.delivery.subscriber_id, o.status) for o in later.outcomes] == [("bob", "sent")]
+    assert statuses(later) == [("bob", "sent")]
     # bob is on UTC, where today's 08:00 is still to come: yesterday's digest is the one due
     assert "bob@work.example.org" in parsed(outbox / "2026-06-11-bob-work.eml")["To"]
 
@@ -198,14 +221,14 @@ def test_a_digest_that_fails_to_render_holds_up_nobody_in_its_batch(world, monke
         clock=lambda: FRIDAY_9AM_BERLIN,
         everyone=everyone,
     )
-    assert [(o.delivery.subscriber_id, o.status) for o in later.outcomes] == [("bob", "sent")]
+    assert statuses(later) == [("bob", "sent")]
     assert len(list(outbox.iterdir())) == 3
 
 
 # A run forks its helper only from a process with one thread, and this session's HTTP test
 # server has one of its own: these runs are made in a fresh interpreter, as `paperbot run` is.
 ALONE_RUN = """
-import json, logging, os, sys
+import json, logging, os, sys, time
 from datetime import datetime
 import bot.pipeline
 from bot.channels.email import OutboxSender
@@ -214,7 +237,7 @@ from bot.pipeline import import_files, run_once
 from bot.store import open_store
 from bot.subscriptions import load_subscriptions
 
-db, folder, outbox, day, now, batch, die, broken = sys.argv[1:]
+db, folder, outbox, day, now, batch, die, broken, hang, pause = sys.argv[1:]
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 bot.pipeline.RESERVE_BATCH = int(batch)
 real_render, parent = bot.pipeline.render_message, os.getpid()
@@ -223,9 +246,19 @@ real_render, parent = bot.pipeline.render_message, os.getpid()
 def render_message(plan, *args):  # the forked helper inherits it
     if os.getpid() != parent and plan.subscriber.id in die.split(","):
         os._exit(9)  # as the OOM killer would kill it
+    if os.getpid() != parent and plan.subscriber.id in hang.split(","):
+        with open("helper.pid", "w") as file:  # a render that takes forever
+            file.write(str(os.getpid()))
+        time.sleep(300)
     if plan.subscriber.id in broken.split(","):
         raise ValueError(f"{plan.subscriber.id}'s template broke")
     return real_render(plan, *args)
+
+
+class SlowOutbox(OutboxSender):  # a mail server taking `pause` seconds a message
+    def send(self, delivery):
+        time.sleep(float(pause))
+        return super().send(delivery)
 
 
 bot.pipeline.render_message = render_message
@@ -236,31 +269,31 @@ with open_store(db) as store:
         load_settings(None, environ=os.environ),
         list(load_subscriptions(folder).subscribers),
         fetch=lambda: "stored",
-        senders={"email": OutboxSender(outbox)},
+        senders={"email": SlowOutbox(outbox)},
         clock=lambda: datetime.fromisoformat(now),
     )
 print(json.dumps([[[o.delivery.subscriber_id, o.status] for o in report.outcomes], report.errors]))
 """
 
 
-def run_alone(
-    tmp_path: Path, name: str, folder: Path, batch: int = 64, die: str = "", broken: str = "", **settings
-) -> tuple[list, list, str]:
-    """run_once in a fresh interpreter, `batch` digests to a ledger commit, its helper dying at
-    the digests of `die`, the digests of `broken` failing to render: (the outcomes, the errors,
-    its log)."""
+def alone_command(
+    tmp_path: Path, name: str, folder: Path, batch=64, die="", broken="", hang="", pause=0.0, **settings
+) -> dict:
+    """How to run run_once in a fresh interpreter (subprocess arguments), `batch` digests to a
+    ledger commit, its helper dying at the digests of `die` and hanging at those of `hang`, the
+    digests of `broken` failing to render, each message taking `pause` seconds to send."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERBOT_")}
     env.update({f"PAPERBOT_{k.upper()}": str(v) for k, v in settings.items()})
     env["PAPERBOT_WEB_SECRET"] = "the same secret for every run"
     when = FRIDAY_9AM_BERLIN.isoformat()
-    args = [tmp_path / f"{name}.db", folder, tmp_path / name, DAY, when, batch, die, broken]
+    args = [tmp_path / f"{name}.db", folder, tmp_path / name, DAY, when, batch, die, broken, hang, pause]
+    return {"args": [sys.executable, "-c", ALONE_RUN, *map(str, args)], "env": env, "cwd": tmp_path}
+
+
+def run_alone(tmp_path: Path, name: str, folder: Path, **options) -> tuple[list, list, str]:
+    """run_once in a fresh interpreter (see alone_command): (the outcomes, the errors, its log)."""
     done = subprocess.run(
-        [sys.executable, "-c", ALONE_RUN, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=tmp_path,
+        **alone_command(tmp_path, name, folder, **options), capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
     outcomes, errors = json.loads(done.stdout.splitlines()[-1])
@@ -269,36 +302,81 @@ def run_alone(
 
 def test_a_big_run_renders_in_a_helper_process_the_very_mail_it_renders_alone(tmp_path):
     """From `run.helper_from` digests a forked helper renders while the run sends; what
-    arrives is byte for byte what a run rendering alone sends."""
+    arrives is byte for byte what a run rendering alone sends. Among them, p6's instant alert:
+    the helper renders all it matched, but her digest took the "attention" papers first, so
+    the message sent is one made again for the papers left to it."""
     folder = tmp_path / "subscriptions"
     folder.mkdir()
     for number, query in enumerate(["attention", "diffusion", "agent*", "video", "reasoning", "3D"]):
         subscription(folder, f"p{number}", query, send_empty="true")
+    with subscription(folder, "p6").open("a") as file:
+        file.write('\n[[watch]]\nname = "now"\nquery = "attention OR diffusion"\ndelivery = "instant"\n')
     alone, _, log_alone = run_alone(tmp_path, "alone", folder, run_helper_from=0)
     helped, _, log_helped = run_alone(tmp_path, "helped", folder, run_helper_from=4)
     assert "helper process" not in log_alone
-    assert "rendering 6 digests in a helper process" in log_helped
-    assert alone == helped == [[f"p{n}", "sent"] for n in range(6)]
+    assert "rendering 8 digests in a helper process" in log_helped
+    assert alone == helped == [[f"p{n}", "sent"] for n in [*range(7), 6]]
     mine, its = (sorted((tmp_path / name).iterdir()) for name in ("alone", "helped"))
     assert [p.name for p in mine] == [p.name for p in its]
-    assert len({p.read_bytes() for p in mine}) == 6  # six different digests
+    assert len({p.read_bytes() for p in mine}) == 8  # eight different messages
     for ours, theirs in zip(mine, its, strict=True):
         assert ours.read_bytes() == theirs.read_bytes(), ours.name
+    alert = parsed(next(p for p in its if p.name.startswith("instant_")))
+    assert "No new papers" not in alert["Subject"]  # the diffusion papers are left to it
+    assert "MiniMax Sparse Attention" not in alert.get_body(("plain",)).get_content()
 
 
 def test_a_helper_that_dies_mid_run_loses_no_digest(tmp_path):
-    """The helper renders two digests to a batch and dies (as the OOM killer would kill it) in
-    its second batch: the run sends the first batch as the helper made it, renders the rest
-    itself, and every digest is sent, once."""
+    """The helper renders two digests to a batch, a few batches ahead of a slow mail server,
+    and dies (as the OOM killer would kill it) in its third batch: the run sends what the
+    helper made, renders the rest itself, and every digest is sent, once."""
     folder = tmp_path / "subscriptions"
     folder.mkdir()
-    for number in range(6):
-        subscription(folder, f"p{number}")
-    outcomes, errors, log = run_alone(tmp_path, "out", folder, batch=2, die="p2", run_helper_from=2)
-    assert "rendering 6 digests in a helper process" in log
+    for number in range(12):
+        subscription(folder, f"p{number:02}")
+    outcomes, errors, log = run_alone(
+        tmp_path, "out", folder, batch=2, die="p04", pause=0.05, run_helper_from=2
+    )
+    assert "rendering 12 digests in a helper process" in log
     assert "the helper process failed" in log and not errors
-    assert outcomes == [[f"p{n}", "sent"] for n in range(6)]
-    assert len(list((tmp_path / "out").iterdir())) == 6
+    assert outcomes == [[f"p{n:02}", "sent"] for n in range(12)]
+    assert len(list((tmp_path / "out").iterdir())) == 12
+
+
+def test_a_killed_run_takes_its_helper_with_it(tmp_path):
+    """`kill -9` of a run leaves no helper behind, rendering on for nobody and holding the
+    database and the log open."""
+    folder = tmp_path / "subscriptions"
+    folder.mkdir()
+    for number in range(4):
+        subscription(folder, f"p{number}")
+    command = alone_command(tmp_path, "out", folder, batch=1, hang="p2", run_helper_from=2)
+    with subprocess.Popen(**command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as parent:
+        pid_file = tmp_path / "helper.pid"
+        for _ in range(600):
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.05)
+        helper = int(pid_file.read_text())
+        parent.kill()
+        parent.wait()
+    try:
+        for _ in range(100):
+            if not alive(helper):
+                break
+            time.sleep(0.05)
+        assert not alive(helper), "the helper outlived the run"
+    finally:
+        if alive(helper):
+            os.kill(helper, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not reaped yet, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def test_a_digest_the_helper_cannot_render_is_reported_and_holds_up_nobody(tmp_path):
@@ -312,6 +390,36 @@ def test_a_digest_the_helper_cannot_render_is_reported_and_holds_up_nobody(tmp_p
     assert outcomes == [[f"p{n}", "sent"] for n in (0, 2, 3, 4, 5)]
 
 
+def test_a_run_tries_each_delivery_once_however_many_batches_it_sends(
+    world, smtp_server, monkeypatch, make_settings
+):
+    """A run sends after each batch of digests it makes; a delivery that fails (bob's server
+    says "try later", and retries are due at once) is tried once in the run, not once a batch,
+    and its outcome told once: later runs retry it, and it is not given up on in one run."""
+    import bot.pipeline
+
+    store, folder, _, _ = world
+    settings = make_settings(delivery_retry_minutes=0, delivery_max_attempts=2)
+    monkeypatch.setattr(bot.pipeline, "RESERVE_BATCH", 1)
+    for sid in ("alice", "bob", "carol", "dave"):
+        subscription(folder, sid)
+    smtp_server.handler.rcpt_replies["bob@example.org"] = "451 4.7.1 greylisted"
+    sender = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
+    report = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN)
+    assert statuses(report) == [
+        ("alice", "sent"),
+        ("bob", "retry"),
+        ("carol", "sent"),
+        ("dave", "sent"),
+    ]
+    bob = store.find_delivery("bob", "email", "2026-06-12")
+    assert (bob.state, bob.attempts) == ("pending", 1)
+    del smtp_server.handler.rcpt_replies["bob@example.org"]
+    later = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN)
+    sender.close()
+    assert statuses(later) == [("bob", "sent")]
+
+
 def test_smtp_delivery_with_a_greylisting_server(world, smtp_server):
     store, folder, settings, _ = world
     for sid in ("alice", "bob", "carol"):
@@ -319,14 +427,14 @@ def test_smtp_delivery_with_a_greylisting_server(world, smtp_server):
     smtp_server.handler.replies = ["250 ok", "451 4.7.1 greylisted", "550 5.1.1 no such user"]
     sender = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
     first = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN)
-    assert [(o.delivery.subscriber_id, o.status) for o in first.outcomes] == [
+    assert statuses(first) == [
         ("alice", "sent"),
         ("bob", "retry"),
         ("carol", "failed"),
     ]
     second = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN + timedelta(minutes=10))
     sender.close()
-    assert [(o.delivery.subscriber_id, o.status) for o in second.outcomes] == [("bob", "sent")]
+    assert statuses(second) == [("bob", "sent")]
     received = [to[0] for _, to, _ in smtp_server.handler.messages]
     assert received == ["alice@example.org", "bob@example.org"]
     for _, _, data in smtp_server.handler.messages:
