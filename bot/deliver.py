@@ -266,9 +266,9 @@ def reserve_digest(store: Store, plan: DigestPlan, compose: Compose, now: dateti
     shown = tuple(m for m in shown if m.paper.id in reserved)
     total = len(plan.matches) - (len(plan.matches[: plan.subscriber.max_papers]) - len(shown))
     alert = plan.period.key.startswith("instant ")
-    if not total and plan.matches and (alert or not plan.subscriber.send_empty):
-        # All its papers went out in another digest on this channel first (the daily digest
-        # and an instant alert of one run share a paper): nothing is left to say.
+    if not shown and plan.matches and (alert or not plan.subscriber.send_empty):
+        # Another process's digest took every paper it would show since it was planned: an
+        # alert with no paper, or an empty digest nobody asked for, is not sent.
         reason = "its papers went out in another digest on this channel first"
         log.info("%s/%s: nothing to send: %s", plan.subscriber.id, plan.channel.name, reason)
         store.mark_skipped(delivery.id, reason)

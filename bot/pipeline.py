@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from email.utils import parseaddr
@@ -454,7 +454,11 @@ def run_once(
                 close_period(store, skip, clock())
         # Instant alerts: the instant watches' matches since the last alert, right after the poll.
         instants, _ = plan_digests(store, subscribers, clock(), kinds=senders.keys(), instant=True)
-        plans += instants
+        alerts, overlaps = _left_to_alerts(plans, instants)
+        for skip in overlaps:
+            log.info("%s/%s: no instant alert: %s", skip.subscriber_id, skip.channel, skip.reason)
+        plans += alerts
+        skipped += overlaps
     outcomes: list[Outcome] = []
     policy = retry_policy(settings)
     tried: set[int] = set()  # each delivery sent or tried once in a run, its outcome told once
@@ -482,6 +486,29 @@ def run_once(
     if check_alerts(store, settings, subscription_errors, clock()):
         outcomes += send_due(store, senders, clock, policy, should_stop, tried=tried)
     return RunReport(fetched, tuple(planned), tuple(skipped), tuple(outcomes), tuple(errors), source_error)
+
+
+def _left_to_alerts(
+    digests: list[DigestPlan], alerts: list[DigestPlan]
+) -> tuple[list[DigestPlan], list[Skip]]:
+    """The instant alerts without the papers that a digest of the same run shows on the same
+    channel (the digest is made first, and a paper reaches a channel once); an alert left with
+    no paper is not sent, and its papers wait for no later alert (they are in the digest)."""
+    shown: dict[tuple[str, str], set[str]] = {}
+    for plan in digests:
+        key = (plan.subscriber.id, plan.channel.name)
+        shown.setdefault(key, set()).update(m.paper.id for m in plan.matches[: plan.subscriber.max_papers])
+    kept, skips = [], []
+    for alert in alerts:
+        taken = shown.get((alert.subscriber.id, alert.channel.name), ())
+        matches = tuple(m for m in alert.matches if m.paper.id not in taken)
+        if matches:
+            kept.append(
+                alert if len(matches) == len(alert.matches) else dataclasses.replace(alert, matches=matches)
+            )
+        else:
+            skips.append(Skip(alert.subscriber.id, alert.channel.name, "its papers are in this run's digest"))
+    return kept, skips
 
 
 def _make_one(
@@ -535,6 +562,7 @@ class _Ready:
 
 
 HELPER_AHEAD = 4  # batches the helper may render ahead of the sending: bounds the memory held
+HELPER_PATIENCE = 120.0  # seconds to wait for a batch (it takes well under one) before killing it
 _helper_work: tuple[list[DigestPlan], MessageSettings] | None = None  # what a forked helper inherits
 
 
@@ -544,12 +572,13 @@ def _rendered_batches(
     """`plans` in batches of RESERVE_BATCH, each with the messages a helper rendered for it
     (None for each, rendered by the caller, when there is no helper)."""
     batches = [plans[start : start + RESERVE_BATCH] for start in range(0, len(plans), RESERVE_BATCH)]
-    helper = _start_helper(plans, mail) if helper_from and len(plans) >= helper_from else None
-    if helper is None:
+    started = _start_helper(plans, mail) if helper_from and len(plans) >= helper_from else None
+    if started is None:
         prepare_cards(m for plan in plans for m in plan.matches[: plan.subscriber.max_papers])
         for batch in batches:
             yield batch, [None] * len(batch)
         return
+    helper, pid = started
     log.info("rendering %d digests in a helper process", len(plans))
     waited = 0.0
     try:
@@ -560,10 +589,14 @@ def _rendered_batches(
                     at = (number + len(futures)) * RESERVE_BATCH
                     futures.append(helper.submit(_render_batch, at, at + RESERVE_BATCH))
                 clock_start = monotonic()
-                ready = futures.popleft().result()
+                ready = futures.popleft().result(timeout=HELPER_PATIENCE)
                 waited += monotonic() - clock_start
-            except Exception as error:  # a dead helper (BrokenProcessPool), or a bug of its own
-                log.warning("the helper process failed (%r): rendering the rest here", error)
+            except Exception as error:  # a dead helper (BrokenProcessPool), a stuck one, a bug
+                if isinstance(error, TimeoutError):  # stuck: killed, so the shutdown need not wait
+                    error = f"it rendered nothing for {HELPER_PATIENCE:g} s"
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                log.warning("the helper process failed (%s): rendering the rest here", error)
                 rest = [p for batch in batches[number:] for p in batch]
                 prepare_cards(m for plan in rest for m in plan.matches[: plan.subscriber.max_papers])
                 for batch in batches[number:]:
@@ -575,8 +608,9 @@ def _rendered_batches(
         log.debug("waited %.2f s for the helper's rendering", waited)
 
 
-def _start_helper(plans: list[DigestPlan], mail: MessageSettings) -> ProcessPoolExecutor | None:
-    """A forked helper holding `plans`, or None where forking is not safe (or fails)."""
+def _start_helper(plans: list[DigestPlan], mail: MessageSettings) -> tuple[ProcessPoolExecutor, int] | None:
+    """A forked helper holding `plans`, and its process id; None where forking is not safe (or
+    fails)."""
     global _helper_work
     if not sys.platform.startswith("linux") or threading.active_count() != 1 or _cpus() < 2:
         return None
@@ -588,13 +622,13 @@ def _start_helper(plans: list[DigestPlan], mail: MessageSettings) -> ProcessPool
             initializer=_die_with_parent,
             initargs=(os.getpid(),),
         )
-        pool.submit(int).result()  # forks now, while this process has one thread
+        pid = pool.submit(os.getpid).result()  # forks now, while this process has one thread
     except (OSError, BrokenProcessPool) as error:
         log.warning("cannot start a helper process (%s): rendering here", error)
         return None
     finally:
         _helper_work = None  # the helper has its copy
-    return pool
+    return pool, pid
 
 
 def _die_with_parent(parent: int) -> None:

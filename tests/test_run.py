@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import bot.pipeline
 from bot.channels.email import OutboxSender, SmtpSender
 from bot.cli import main
+from bot.deliver import plan_digests, reserve_digest
 from bot.pipeline import import_files, run_once
 from bot.store import open_store
 from bot.subscriptions import load_subscriptions
@@ -120,22 +122,60 @@ def test_empty_digests_only_for_those_who_ask(world):
     assert "No new papers" in parsed(path)["Subject"]
 
 
-def test_an_alert_whose_papers_all_went_in_the_digest_is_not_sent_empty(world):
-    """Eve's instant watch and her digest watch find the same papers, and the digest, due in
-    the same run, takes them first: she gets the digest and no "No new papers" alert."""
-    store, folder, settings, outbox = world
-    subscription(folder, "eve")
+def eve_with_an_instant_watch(folder: Path, **top) -> None:
+    """Eve's digest watch and her instant watch both find the "attention" papers (three)."""
+    subscription(folder, "eve", **top)
     with (folder / "eve.toml").open("a") as file:
         file.write('\n[[watch]]\nname = "now"\nquery = "attention"\ndelivery = "instant"\n')
+
+
+@pytest.mark.parametrize("max_papers", [10, 1])
+def test_an_alert_leaves_out_the_papers_of_the_digest_sent_in_the_same_run(world, max_papers):
+    """The digest, due in the same run as the alert, is made first: the alert holds only the
+    papers the digest does not show, and is not sent at all (no "No new papers" alert) when
+    it shows them all."""
+    store, folder, settings, outbox = world
+    eve_with_an_instant_watch(folder, max_papers=max_papers)
     report = run(store, settings, folder, {"email": OutboxSender(outbox)}, FRIDAY_9AM_BERLIN)
-    assert [(o.delivery.period, o.status) for o in report.outcomes] == [("2026-06-12", "sent")]
-    assert [p.name for p in outbox.iterdir()] == ["2026-06-12-eve-email.eml"]
-    (alert,) = [d for d in map(store.get_delivery, (1, 2)) if d.period.startswith("instant ")]
-    assert (alert.state, alert.last_error) == (
-        "skipped",
-        "its papers went out in another digest on this channel first",
-    )
+    sent = {o.delivery.period.split(" ")[0]: o.delivery.paper_ids for o in report.outcomes}
+    assert len(sent["2026-06-12"]) == min(3, max_papers)
+    if max_papers == 1:  # the first of the two papers the digest had no room for, and 1 more
+        assert len(sent["instant"]) == 1 and sent["instant"] != sent["2026-06-12"]
+        assert parsed(next(outbox.glob("instant_*")))["Subject"].startswith("2 papers")
+    else:
+        assert "instant" not in sent and [p.name for p in outbox.iterdir()] == ["2026-06-12-eve-email.eml"]
+        assert ("eve", "email", "its papers are in this run's digest") in [
+            (k.subscriber_id, k.channel, k.reason) for k in report.skipped
+        ]
     assert run(store, settings, folder, {"email": OutboxSender(outbox)}, FRIDAY_9AM_BERLIN).outcomes == ()
+
+
+def test_an_alert_whose_papers_another_process_took_since_it_was_planned_is_not_sent(world):
+    """Between planning an alert and reserving its papers, another paperbot process sent them
+    on the same channel: the alert is recorded as skipped, not sent empty."""
+    store, folder, settings, outbox = world
+    eve_with_an_instant_watch(folder)
+    (eve,) = load_subscriptions(folder).subscribers
+    (alert,), _ = plan_digests(store, [eve], FRIDAY_9AM_BERLIN, instant=True)
+    with open_store(store.path) as other:  # the other process, on a connection of its own
+        other.reserve_delivery(
+            subscriber_id="eve",
+            channel="email",
+            kind="email",
+            period="2026-06-12",
+            recipient="eve@example.org",
+            paper_ids=[m.paper.id for m in alert.matches],
+            window_start=alert.window_start,
+            window_end=alert.window_end,
+            now=FRIDAY_9AM_BERLIN,
+        )
+    composed = []
+    made = reserve_digest(store, alert, lambda *args: composed.append(args), FRIDAY_9AM_BERLIN)
+    assert (made.state, composed) == ("skipped", [])
+    assert (
+        store.get_delivery(made.id).last_error
+        == "its papers went out in another digest on this channel first"
+    )
 
 
 def test_the_first_digest_covers_the_latest_day_unless_asked_for_more(tmp_path, make_settings):
@@ -237,31 +277,63 @@ from bot.pipeline import import_files, run_once
 from bot.store import open_store
 from bot.subscriptions import load_subscriptions
 
-db, folder, outbox, day, now, batch, die, broken, hang, pause = sys.argv[1:]
+db, folder, outbox, day, now, options = sys.argv[1:]
+options = json.loads(options)
 logging.basicConfig(level=logging.INFO, format="%(message)s")
-bot.pipeline.RESERVE_BATCH = int(batch)
-real_render, parent = bot.pipeline.render_message, os.getpid()
+bot.pipeline.RESERVE_BATCH = options["batch"]
+bot.pipeline.HELPER_PATIENCE = options["patience"]
+real_render, real_batches, real_start = (
+    bot.pipeline.render_message, bot.pipeline._rendered_batches, bot.pipeline._start_helper
+)
+parent, helpers = os.getpid(), []
 
 
 def render_message(plan, *args):  # the forked helper inherits it
-    if os.getpid() != parent and plan.subscriber.id in die.split(","):
+    if os.getpid() != parent and plan.subscriber.id in options["die"]:
+        open("helper.died", "w").close()
         os._exit(9)  # as the OOM killer would kill it
-    if os.getpid() != parent and plan.subscriber.id in hang.split(","):
+    if os.getpid() != parent and plan.subscriber.id in options["hang"]:
         with open("helper.pid", "w") as file:  # a render that takes forever
             file.write(str(os.getpid()))
         time.sleep(300)
-    if plan.subscriber.id in broken.split(","):
+    if plan.subscriber.id in options["broken"]:
         raise ValueError(f"{plan.subscriber.id}'s template broke")
     return real_render(plan, *args)
 
 
-class SlowOutbox(OutboxSender):  # a mail server taking `pause` seconds a message
+def start_helper(*args):
+    started = real_start(*args)
+    helpers.extend(started or ())
+    return started
+
+
+def rendered_batches(plans, *args):
+    # Another paperbot process, on a connection of its own, sends the first paper of each
+    # digest of options["racing"] after this run planned it.
+    with open_store(db) as other:
+        for plan in plans:
+            if plan.subscriber.id in options["racing"]:
+                kept = plan.matches[0].paper.id
+                other.reserve_delivery(
+                    subscriber_id=plan.subscriber.id, channel=plan.channel.name, kind="email",
+                    period="racer", recipient="x@example.org", paper_ids=[kept],
+                    window_start=plan.window_start, window_end=plan.window_start, now=plan.window_end,
+                )
+    yield from real_batches(plans, *args)
+
+
+class Outbox(OutboxSender):
     def send(self, delivery):
-        time.sleep(float(pause))
+        # With options["die"]: the first message waits until the helper died and its pool knows,
+        # so that the run finds it dead when it asks for the next batch.
+        while options["die"] and not (os.path.exists("helper.died") and helpers[0]._broken):
+            time.sleep(0.01)
         return super().send(delivery)
 
 
 bot.pipeline.render_message = render_message
+bot.pipeline._start_helper = start_helper
+bot.pipeline._rendered_batches = rendered_batches
 with open_store(db) as store:
     import_files(store, [day])
     report = run_once(
@@ -269,25 +341,48 @@ with open_store(db) as store:
         load_settings(None, environ=os.environ),
         list(load_subscriptions(folder).subscribers),
         fetch=lambda: "stored",
-        senders={"email": SlowOutbox(outbox)},
+        senders={"email": Outbox(outbox)},
         clock=lambda: datetime.fromisoformat(now),
     )
 print(json.dumps([[[o.delivery.subscriber_id, o.status] for o in report.outcomes], report.errors]))
 """
+# A helper is forked only where there are two CPUs or more.
+NEEDS_TWO_CPUS = pytest.mark.skipif(
+    bot.pipeline._cpus() < 2, reason="a run renders in a helper process only with 2 CPUs or more"
+)
 
 
 def alone_command(
-    tmp_path: Path, name: str, folder: Path, batch=64, die="", broken="", hang="", pause=0.0, **settings
+    tmp_path: Path,
+    name: str,
+    folder: Path,
+    batch: int = 64,
+    die: tuple = (),
+    broken: tuple = (),
+    hang: tuple = (),
+    racing: tuple = (),
+    patience: float = 120.0,
+    **settings,
 ) -> dict:
-    """How to run run_once in a fresh interpreter (subprocess arguments), `batch` digests to a
-    ledger commit, its helper dying at the digests of `die` and hanging at those of `hang`, the
-    digests of `broken` failing to render, each message taking `pause` seconds to send."""
+    """How to run run_once in a fresh interpreter (subprocess arguments): `batch` digests to a
+    ledger commit, its helper dying at the digests of `die` (once the first message waits for
+    it) and hanging at those of `hang` (given up on after `patience` seconds), the digests of
+    `broken` failing to render, the first paper of those of `racing` sent by another process
+    after the run planned it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERBOT_")}
     env.update({f"PAPERBOT_{k.upper()}": str(v) for k, v in settings.items()})
     env["PAPERBOT_WEB_SECRET"] = "the same secret for every run"
-    when = FRIDAY_9AM_BERLIN.isoformat()
-    args = [tmp_path / f"{name}.db", folder, tmp_path / name, DAY, when, batch, die, broken, hang, pause]
-    return {"args": [sys.executable, "-c", ALONE_RUN, *map(str, args)], "env": env, "cwd": tmp_path}
+    options = {
+        "batch": batch,
+        "die": die,
+        "broken": broken,
+        "hang": hang,
+        "racing": racing,
+        "patience": patience,
+    }
+    args = [tmp_path / f"{name}.db", folder, tmp_path / name, DAY, FRIDAY_9AM_BERLIN.isoformat()]
+    command = [sys.executable, "-c", ALONE_RUN, *map(str, args), json.dumps(options)]
+    return {"args": command, "env": env, "cwd": tmp_path}
 
 
 def run_alone(tmp_path: Path, name: str, folder: Path, **options) -> tuple[list, list, str]:
@@ -300,49 +395,63 @@ def run_alone(tmp_path: Path, name: str, folder: Path, **options) -> tuple[list,
     return outcomes, errors, done.stderr
 
 
+@NEEDS_TWO_CPUS
 def test_a_big_run_renders_in_a_helper_process_the_very_mail_it_renders_alone(tmp_path):
     """From `run.helper_from` digests a forked helper renders while the run sends; what
-    arrives is byte for byte what a run rendering alone sends. Among them, p6's instant alert:
-    the helper renders all it matched, but her digest took the "attention" papers first, so
-    the message sent is one made again for the papers left to it."""
+    arrives is byte for byte what a run rendering alone sends. Among them, p0's digest: another
+    process sent its first paper after the run planned it, so the message the helper made is
+    not the one sent, but one made again for the papers the ledger gave it."""
     folder = tmp_path / "subscriptions"
     folder.mkdir()
     for number, query in enumerate(["attention", "diffusion", "agent*", "video", "reasoning", "3D"]):
         subscription(folder, f"p{number}", query, send_empty="true")
-    with subscription(folder, "p6").open("a") as file:
-        file.write('\n[[watch]]\nname = "now"\nquery = "attention OR diffusion"\ndelivery = "instant"\n')
-    alone, _, log_alone = run_alone(tmp_path, "alone", folder, run_helper_from=0)
-    helped, _, log_helped = run_alone(tmp_path, "helped", folder, run_helper_from=4)
+    alone, _, log_alone = run_alone(tmp_path, "alone", folder, racing=["p0"], run_helper_from=0)
+    helped, _, log_helped = run_alone(tmp_path, "helped", folder, racing=["p0"], run_helper_from=4)
     assert "helper process" not in log_alone
-    assert "rendering 8 digests in a helper process" in log_helped
-    assert alone == helped == [[f"p{n}", "sent"] for n in [*range(7), 6]]
+    assert "rendering 6 digests in a helper process" in log_helped
+    assert alone == helped == [[f"p{n}", "sent"] for n in range(6)]
     mine, its = (sorted((tmp_path / name).iterdir()) for name in ("alone", "helped"))
     assert [p.name for p in mine] == [p.name for p in its]
-    assert len({p.read_bytes() for p in mine}) == 8  # eight different messages
+    assert len({p.read_bytes() for p in mine}) == 6  # six different digests
     for ours, theirs in zip(mine, its, strict=True):
         assert ours.read_bytes() == theirs.read_bytes(), ours.name
-    alert = parsed(next(p for p in its if p.name.startswith("instant_")))
-    assert "No new papers" not in alert["Subject"]  # the diffusion papers are left to it
-    assert "MiniMax Sparse Attention" not in alert.get_body(("plain",)).get_content()
+    with open_store(tmp_path / "helped.db") as store:
+        (raced,) = store.find_delivery("p0", "email", "racer").paper_ids
+    html = parsed(its[0]).get_body(("html",)).get_content()
+    assert its[0].name == "2026-06-12-p0-email.eml" and "<mark" in html and raced not in html
 
 
+@NEEDS_TWO_CPUS
 def test_a_helper_that_dies_mid_run_loses_no_digest(tmp_path):
-    """The helper renders two digests to a batch, a few batches ahead of a slow mail server,
-    and dies (as the OOM killer would kill it) in its third batch: the run sends what the
-    helper made, renders the rest itself, and every digest is sent, once."""
+    """The helper renders two digests to a batch, a few batches ahead of the sending, and dies
+    (as the OOM killer would kill it) in its third batch, while the first is sent: the run
+    finds it dead, sends what it made, renders the rest itself, and every digest is sent, once."""
     folder = tmp_path / "subscriptions"
     folder.mkdir()
     for number in range(12):
         subscription(folder, f"p{number:02}")
-    outcomes, errors, log = run_alone(
-        tmp_path, "out", folder, batch=2, die="p04", pause=0.05, run_helper_from=2
-    )
+    outcomes, errors, log = run_alone(tmp_path, "out", folder, batch=2, die=["p04"], run_helper_from=2)
     assert "rendering 12 digests in a helper process" in log
     assert "the helper process failed" in log and not errors
     assert outcomes == [[f"p{n:02}", "sent"] for n in range(12)]
     assert len(list((tmp_path / "out").iterdir())) == 12
 
 
+@NEEDS_TWO_CPUS
+def test_a_stuck_helper_is_killed_and_its_digests_made_here(tmp_path):
+    folder = tmp_path / "subscriptions"
+    folder.mkdir()
+    for number in range(4):
+        subscription(folder, f"p{number}")
+    outcomes, errors, log = run_alone(
+        tmp_path, "out", folder, batch=1, hang=["p2"], patience=1, run_helper_from=2
+    )
+    assert "the helper process failed (it rendered nothing for 1 s)" in log and not errors
+    assert outcomes == [[f"p{n}", "sent"] for n in range(4)]
+    assert not alive(int((tmp_path / "helper.pid").read_text()))
+
+
+@NEEDS_TWO_CPUS
 def test_a_killed_run_takes_its_helper_with_it(tmp_path):
     """`kill -9` of a run leaves no helper behind, rendering on for nobody and holding the
     database and the log open."""
@@ -350,7 +459,7 @@ def test_a_killed_run_takes_its_helper_with_it(tmp_path):
     folder.mkdir()
     for number in range(4):
         subscription(folder, f"p{number}")
-    command = alone_command(tmp_path, "out", folder, batch=1, hang="p2", run_helper_from=2)
+    command = alone_command(tmp_path, "out", folder, batch=1, hang=["p2"], run_helper_from=2)
     with subprocess.Popen(**command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as parent:
         pid_file = tmp_path / "helper.pid"
         for _ in range(600):
@@ -379,12 +488,13 @@ def alive(pid: int) -> bool:
         return False
 
 
+@NEEDS_TWO_CPUS
 def test_a_digest_the_helper_cannot_render_is_reported_and_holds_up_nobody(tmp_path):
     folder = tmp_path / "subscriptions"
     folder.mkdir()
     for number in range(6):
         subscription(folder, f"p{number}")
-    outcomes, errors, log = run_alone(tmp_path, "out", folder, batch=4, broken="p1", run_helper_from=2)
+    outcomes, errors, log = run_alone(tmp_path, "out", folder, batch=4, broken=["p1"], run_helper_from=2)
     assert "rendering 6 digests in a helper process" in log and "helper process failed" not in log
     assert errors == ["p1/email: p1's template broke"]
     assert outcomes == [[f"p{n}", "sent"] for n in (0, 2, 3, 4, 5)]
