@@ -1,4 +1,5 @@
-"""Operator alerts: the source failing or changed, a channel disabled, a subscription file broken.
+"""Operator alerts: the source failing or changed, a channel disabled, a subscription file broken,
+the mail server unreachable or refusing paperbot.
 
 Each problem has a key. It is opened once (one alert), stays open while the problem lasts
 (no more alerts), and is resolved once (one "resolved" alert). Alerts go to `alerts.email`
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -63,17 +64,23 @@ def _looks_changed(error: str) -> bool:
 
 
 def check_alerts(
-    store: Store, settings: Settings, subscription_errors: Iterable[SubscriptionError], now: datetime
+    store: Store,
+    settings: Settings,
+    subscription_errors: Iterable[SubscriptionError],
+    now: datetime,
+    also: Mapping[str, str] | None = None,
+    unknown: Collection[str] = (),
 ) -> list[str]:
     """Open alerts for new problems and resolve those that are gone; queue one mail for each
-    change. Returns the lines it alerted."""
-    current = problems(store, settings["alerts.after_errors"], subscription_errors)
+    change. Returns the lines it alerted. `also`: problems the caller saw (a transport down),
+    by key; `unknown`: keys of such problems it could not tell about, left as they are."""
+    current = problems(store, settings["alerts.after_errors"], subscription_errors) | dict(also or {})
     said = []
     for key, message in current.items():
         if store.open_alert(key, message, now):
             said.append(f"problem: {message}")
     for alert in store.open_alerts():
-        if alert["key"] not in current:
+        if alert["key"] not in current and alert["key"] not in unknown:
             message = store.resolve_alert(alert["key"], now)
             if message:
                 said.append(f"resolved: {message}")

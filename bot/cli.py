@@ -444,11 +444,13 @@ def run(obj, once, offline, dry_run, backfill):
         detail = f": {outcome.detail}" if outcome.detail else ""
         count = f"{len(d.paper_ids)} paper{'' if len(d.paper_ids) == 1 else 's'}"
         click.echo(f"{outcome.status} {d.subscriber_id}/{d.channel} {d.period} ({count}){where}{detail}")
+        if outcome.status == "down":
+            click.echo(f"no more {d.kind} this run: those due wait, pending, and go once this is fixed")
     for error in report.errors:
         click.echo(f"error {error}", err=True)
     if report.source_error is not None:
         sys.exit(report.source_error.exit_code)
-    if report.errors or any(o.status in ("failed", "retry") for o in report.outcomes):
+    if report.errors or any(o.status in ("failed", "retry", "down") for o in report.outcomes):
         sys.exit(5)
 
 

@@ -28,7 +28,7 @@ from time import monotonic
 from zoneinfo import ZoneInfo
 
 from bot.channels import Sender
-from bot.errors import BotError, ChannelGone, DeliveryError, PermanentError
+from bot.errors import BotError, ChannelGone, DeliveryError, PermanentError, TransportDown
 from bot.match import Match, WatchIndex, match_papers
 from bot.models import Channel, Subscriber
 from bot.schedule import Period, due_period
@@ -38,6 +38,7 @@ __all__ = [
     "DigestPlan",
     "Outcome",
     "RetryPolicy",
+    "Sending",
     "Skip",
     "plan_digests",
     "rank_matches",
@@ -83,8 +84,17 @@ class Outcome:
     """What happened to one delivery in this run."""
 
     delivery: Delivery
-    status: str  # sent, retry, failed, suppressed, busy (another process has it)
+    status: str  # sent, retry, failed, suppressed, busy (another process has it), down (the transport)
     detail: str = ""
+
+
+class Sending:
+    """What one run's sending did so far: the deliveries it tried (each is tried once a run),
+    and the kinds whose transport is down (kind: why), which it sends no more of."""
+
+    def __init__(self) -> None:
+        self.tried: set[int] = set()
+        self.down: dict[str, str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,12 +379,13 @@ def send_due(
     policy: RetryPolicy = RetryPolicy(),
     should_stop: Callable[[], bool] = lambda: False,
     sync_every: float = SYNC_EVERY,
-    tried: set[int] | None = None,
+    sending: Sending | None = None,
 ) -> list[Outcome]:
-    """Send every delivery whose time has come. One failure never holds up the others.
+    """Send every delivery whose time has come. One failure never holds up the others, but a
+    transport that is down (TransportDown) is not tried again for the others of its kind.
     `should_stop` is asked between messages (a SIGTERM finishes the one in flight).
-    `tried`: the deliveries this run has sent or tried already, left alone (and added to), so
-    that a run calling this once a batch tries each delivery once and tells its outcome once.
+    `sending`: what this run's earlier calls did (a run calls this once a batch), so that each
+    delivery is tried once a run, its outcome told once, and a transport down stays down.
 
     Each "sent" is committed right after the server's 250, so a crash of paperbot never sends
     a digest twice but in that instant; the records wait for the disk (a power cut) together,
@@ -382,18 +393,20 @@ def send_due(
     per message."""
     owner = _owner()
     outcomes: list[Outcome] = []
+    sending = sending if sending is not None else Sending()
     synced, unsynced = monotonic(), False
     try:
         for delivery in store.deliveries_to_send(now()):
             if should_stop():
                 break
-            if tried is not None and delivery.id in tried:
+            if delivery.id in sending.tried or delivery.kind in sending.down:
                 continue
             outcome = _send_one(store, senders, delivery, owner, now, policy)
             if outcome is None:
                 continue
-            if tried is not None:
-                tried.add(delivery.id)
+            sending.tried.add(delivery.id)
+            if outcome.status == "down":
+                sending.down[delivery.kind] = outcome.detail
             outcomes.append(outcome)
             unsynced = True  # a "sent", and the parts of one, and failures too
             if monotonic() - synced >= sync_every:
@@ -456,6 +469,11 @@ def _send_one(
 def _record_failure(
     store: Store, delivery: Delivery, error: DeliveryError, attempts: int, now: datetime, policy: RetryPolicy
 ) -> Outcome:
+    if isinstance(error, TransportDown):  # nobody's fault but the setup's: no attempt counted
+        when = policy.next_attempt(1, now, None)
+        store.mark_retry(delivery.id, str(error), when, counted=False)
+        log.error("cannot send %s now: %s; the %s digests wait, pending", delivery.kind, error, delivery.kind)
+        return Outcome(delivery, "down", str(error))
     permanent = isinstance(error, PermanentError)
     if not permanent and attempts >= policy.max_attempts:
         permanent = True

@@ -108,6 +108,13 @@ class TransientError(DeliveryError):
     """Worth trying again later: a 4xx SMTP reply, a dropped connection, a timeout, a 429."""
 
 
+class TransportDown(TransientError):
+    """Nothing of this kind can be sent now, whoever it is for: the mail server cannot be
+    reached, refuses paperbot's login or its sender address, the outbox cannot be written.
+    The operator's to fix and never the recipient's fault: the attempt does not count against
+    the digest, the run sends no more of that kind, and the operator is alerted."""
+
+
 class PermanentError(DeliveryError):
     """Trying again will not help: a 5xx SMTP reply, a webhook's 4xx, a channel gone."""
 

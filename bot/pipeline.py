@@ -36,6 +36,7 @@ from bot.deliver import (
     DigestPlan,
     Outcome,
     RetryPolicy,
+    Sending,
     Skip,
     close_period,
     finish_interrupted,
@@ -461,7 +462,7 @@ def run_once(
         skipped += overlaps
     outcomes: list[Outcome] = []
     policy = retry_policy(settings)
-    tried: set[int] = set()  # each delivery sent or tried once in a run, its outcome told once
+    sending = Sending()  # each delivery tried once in a run, and a transport down stays down
     if not dry_run:
         finish_interrupted(store, subscribers if everyone is None else everyone, _composer(mail, []), clock())
     # RESERVE_BATCH digests reserved and rendered to a commit, then sent: nothing is sent before
@@ -474,17 +475,21 @@ def run_once(
                 if made is not None:
                     planned.append(made)
         if not dry_run:
-            outcomes += send_due(store, senders, clock, policy, should_stop, tried=tried)
+            outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending)
         if should_stop():
             break
     if dry_run:
         return RunReport(fetched, tuple(planned), tuple(skipped), (), tuple(errors), source_error)
 
     # Retries that are due, when there was nothing new to send.
-    outcomes += send_due(store, senders, clock, policy, should_stop, tried=tried)
+    outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending)
     # After sending, so a channel disabled just now is told now; the alert mails go at once.
-    if check_alerts(store, settings, subscription_errors, clock()):
-        outcomes += send_due(store, senders, clock, policy, should_stop, tried=tried)
+    # A transport is down when it failed so in this run, up again when it sent; else unknown.
+    down = {f"transport {kind}": f"paperbot cannot send {kind}: {why}" for kind, why in sending.down.items()}
+    sent = {o.delivery.kind for o in outcomes if o.status == "sent"}
+    unknown = {f"transport {kind}" for kind in senders if kind not in sending.down and kind not in sent}
+    if check_alerts(store, settings, subscription_errors, clock(), also=down, unknown=unknown):
+        outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending)
     return RunReport(fetched, tuple(planned), tuple(skipped), tuple(outcomes), tuple(errors), source_error)
 
 

@@ -897,13 +897,16 @@ class Store:
         with self._immediate() as conn:
             conn.execute("update deliveries set parts_sent = ? where id = ?", [parts_sent, delivery_id])
 
-    def mark_retry(self, delivery_id: int, error: str, next_attempt_at: datetime) -> None:
-        """A transient failure: try again at `next_attempt_at`."""
+    def mark_retry(
+        self, delivery_id: int, error: str, next_attempt_at: datetime, counted: bool = True
+    ) -> None:
+        """A transient failure: try again at `next_attempt_at`. Not `counted`: the attempt that
+        claiming counted is taken back (it was not the digest's failure)."""
         with self._immediate() as conn:
             conn.execute(
                 "update deliveries set state = 'pending', last_error = ?, next_attempt_at = ?,"
-                " claimed_until = null where id = ?",
-                [error, format_time(next_attempt_at), delivery_id],
+                " claimed_until = null, attempts = attempts - ? where id = ?",
+                [error, format_time(next_attempt_at), 0 if counted else 1, delivery_id],
             )
 
     def mark_failed(self, delivery_id: int, error: str) -> int:

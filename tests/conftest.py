@@ -64,13 +64,15 @@ class SmtpRecorder:
     `replies` scripts the answers to the next messages' DATA: "451 4.3.0 later", "550 5.1.1
     no such user", or "drop" (close the connection before answering the final dot, as a
     crash mid-DATA does); once they run out, every message gets 250. `rcpt_replies` answers
-    RCPT TO for the addresses it names ("451 4.7.1 greylisted"). It offers PIPELINING, as
-    Postfix and the big providers do, unless made with `pipelining=False`.
+    RCPT TO for the addresses it names ("451 4.7.1 greylisted"), `mail_reply` every MAIL FROM.
+    It offers PIPELINING, as Postfix and the big providers do, unless made with
+    `pipelining=False`.
     """
 
     def __init__(self, pipelining: bool = True):
         self.pipelining = pipelining
         self.rcpt_replies: dict[str, str] = {}
+        self.mail_reply = ""  # an answer to every MAIL FROM instead of 250 ("530 5.7.0 ...")
         self.replies: list[str] = []
         self.messages: list[tuple[str, list[str], bytes]] = []
         self.sessions = 0
@@ -82,6 +84,13 @@ class SmtpRecorder:
         if self.pipelining:
             responses.insert(-1, "250-PIPELINING")
         return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.mail_reply:
+            return self.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.rcpt_replies.get(address)

@@ -25,7 +25,7 @@ from bot.deliver import plan_digests, reserve_digest
 from bot.pipeline import import_files, run_once
 from bot.store import open_store
 from bot.subscriptions import load_subscriptions
-from conftest import HF
+from conftest import HF, free_port
 
 DAY = HF / "api_daily_papers_2026-06-12.json"  # 30 papers, featured on Friday 2026-06-12
 EXAMPLES = Path(__file__).parents[1] / "subscriptions"
@@ -528,6 +528,48 @@ def test_a_run_tries_each_delivery_once_however_many_batches_it_sends(
     later = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN)
     sender.close()
     assert statuses(later) == [("bob", "sent")]
+
+
+@pytest.mark.parametrize("smtp_server", ["pipelining", "no pipelining"], indirect=True)
+def test_a_server_refusing_paperbots_sender_holds_every_digest_and_blames_no_subscriber(world, smtp_server):
+    """The server wants a login paperbot was not given (530 at MAIL FROM): no subscriber's
+    fault. The run stops sending at the first refusal, every digest waits, pending, run after
+    run, nobody is suppressed, the operator is alerted; once the login is fixed, each digest
+    goes, once, and the alert is resolved."""
+    store, folder, settings, _ = world
+    for sid in ("alice", "bob", "carol"):
+        subscription(folder, sid)
+    smtp_server.handler.mail_reply = "530 5.7.0 Authentication required"
+    sender = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
+    for hours in range(5):  # more runs than delivery.suppress_after (3) and retries due
+        report = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN + timedelta(hours=hours))
+        assert statuses(report) == [("alice", "down")], hours
+        assert "530 5.7.0 Authentication required" in report.outcomes[0].detail
+    rows = [store.find_delivery(sid, "email", "2026-06-12") for sid in ("alice", "bob", "carol")]
+    assert [(d.state, d.attempts) for d in rows] == [("pending", 0)] * 3
+    assert store.suppressions() == []
+    (alert,) = store.open_alerts()
+    assert alert["key"] == "transport email" and "refused the sender papers@example.org" in alert["message"]
+    smtp_server.handler.mail_reply = ""
+    fixed = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN + timedelta(hours=6))
+    sender.close()
+    assert statuses(fixed) == [("alice", "sent"), ("bob", "sent"), ("carol", "sent")]
+    assert len(smtp_server.handler.messages) == 3 and store.open_alerts() == []
+
+
+def test_an_unreachable_mail_server_is_tried_once_a_run_not_once_a_digest(world):
+    store, folder, settings, _ = world
+    for sid in ("alice", "bob", "carol"):
+        subscription(folder, sid)
+    sender = SmtpSender(
+        host="127.0.0.1", port=free_port(), sender="p@example.org", security="none", timeout=2
+    )
+    report = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN)
+    assert (
+        statuses(report) == [("alice", "down")]
+        and "cannot reach the SMTP server" in report.outcomes[0].detail
+    )
+    assert store.delivery_counts() == {"pending": 3}
 
 
 def test_smtp_delivery_with_a_greylisting_server(world, smtp_server):

@@ -2,7 +2,8 @@
 
 The only module that imports smtplib. SMTP replies are sorted the way RFC 5321 means them:
 4xx is "try again later" (TransientError), 5xx is "do not" (PermanentError); a connection
-lost or timed out mid-message is transient, since the server did not say 250.
+lost or timed out mid-message is transient, since the server did not say 250. A server that
+cannot be reached, refuses the login or the sender is TransportDown: nobody's mail can go.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bot.errors import PermanentError, SettingsError, TransientError
+from bot.errors import PermanentError, SettingsError, TransientError, TransportDown
 from bot.store import Delivery
 
 __all__ = ["OutboxSender", "SmtpSender"]
@@ -75,16 +76,16 @@ class SmtpSender:
                 smtp.login(self.username, self.password or "")
         except smtplib.SMTPAuthenticationError as error:
             # The operator's settings, not the subscriber: retry once they are fixed.
-            raise TransientError(
+            raise TransportDown(
                 f"SMTP login to {self.host} failed ({error.smtp_code}): check PAPERBOT_SMTP_USERNAME "
                 "and PAPERBOT_SMTP_PASSWORD"
             ) from None
         except smtplib.SMTPNotSupportedError:
-            raise TransientError(
+            raise TransportDown(
                 f'{self.host}:{self.port} does not offer STARTTLS: set smtp.security to "tls" or "none"'
             ) from None
         except (OSError, smtplib.SMTPException) as error:
-            raise TransientError(f"cannot reach the SMTP server {self.host}:{self.port}: {error}") from None
+            raise TransportDown(f"cannot reach the SMTP server {self.host}:{self.port}: {error}") from None
         log.debug("connected to %s:%d (%s)", self.host, self.port, self.security)
         return smtp
 
@@ -108,7 +109,20 @@ class SmtpSender:
             self._reset()
             code, text = next(iter(error.recipients.values()))
             raise _reply_error(code, text, f"the server refused {delivery.recipient}") from None
-        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as error:
+        except smtplib.SMTPSenderRefused as error:
+            # Refused at MAIL FROM, before any recipient: paperbot's login or sender address
+            # (530 authentication required, 553 sender not allowed) or the server's own state.
+            self._reset()
+            reply = (
+                error.smtp_error.decode("utf-8", "replace")
+                if isinstance(error.smtp_error, bytes)
+                else error.smtp_error
+            )
+            raise TransportDown(
+                f"the server refused the sender {self.sender}: {error.smtp_code} {reply}; check"
+                " mail.from and the SMTP login (PAPERBOT_SMTP_USERNAME, PAPERBOT_SMTP_PASSWORD)"
+            ) from None
+        except smtplib.SMTPDataError as error:
             self._reset()
             raise _reply_error(error.smtp_code, error.smtp_error, "the server refused the message") from None
         except (smtplib.SMTPServerDisconnected, OSError) as error:
@@ -221,7 +235,7 @@ class OutboxSender:
             partial.write_bytes(delivery.message)
             os.replace(partial, final)
         except OSError as error:
-            raise TransientError(f"cannot write to the outbox {self.folder}: {error.strerror}") from None
+            raise TransportDown(f"cannot write to the outbox {self.folder}: {error.strerror}") from None
 
     def close(self) -> None:
         """Nothing to close."""
