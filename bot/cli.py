@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -29,6 +31,8 @@ from bot.store import open_store
 from bot.subscriptions import load_subscriptions
 
 log = logging.getLogger("bot")
+
+STOPPED = 128 + signal.SIGTERM  # `run --once`'s exit status when SIGTERM stopped it (143)
 
 
 class Context:
@@ -417,6 +421,10 @@ def run(obj, once, offline, dry_run, backfill):
 
     people = _subscribers_for_run(obj)
     senders = make_senders(obj.settings, people)
+    # SIGTERM (`systemctl stop`, a timeout) finishes the message in flight, then stops: no
+    # digest is left claimed, and the next run sends the rest.
+    stopping = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
         report = run_once(
             store,
@@ -426,9 +434,11 @@ def run(obj, once, offline, dry_run, backfill):
             senders=senders,
             dry_run=dry_run,
             backfill_days=backfill,
+            should_stop=stopping.is_set,
             subscription_errors=obj.subscriptions.errors if Path(obj.subscriptions_dir).is_dir() else (),
         )
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for sender in senders.values():
             sender.close()
     click.echo(report.fetched)
@@ -448,6 +458,9 @@ def run(obj, once, offline, dry_run, backfill):
             click.echo(f"no more {d.kind} this run: those due wait, pending, and go once this is fixed")
     for error in report.errors:
         click.echo(f"error {error}", err=True)
+    if stopping.is_set():
+        click.echo("stopped by SIGTERM after the message in flight: the next run sends the rest", err=True)
+        sys.exit(STOPPED)
     if report.source_error is not None:
         sys.exit(report.source_error.exit_code)
     if report.errors or any(o.status in ("failed", "retry", "down") for o in report.outcomes):

@@ -637,15 +637,11 @@ def test_the_quick_start_leaves_a_real_email_in_the_outbox_and_sends_it_once(tmp
     assert len(list((tmp_path / "outbox").iterdir())) == 2
 
 
-def test_killed_between_messages_then_run_again_each_digest_arrives_once(tmp_path, smtp_server):
-    """SIGKILL while a batch of 6 digests goes out over SMTP; the next run sends the rest.
-
-    The server takes 0.3 s per message, so the kill lands mid-batch. A duplicate is only
-    possible for the one message the server accepted while the process died before it
-    recorded "sent" (the window the README names); the test counts them."""
+def run_sending_slowly(tmp_path: Path, smtp_server, people: list[str]) -> tuple[subprocess.Popen, dict]:
+    """`paperbot run --once` sending the digests of `people` to a server that takes 0.3 s a
+    message, once two have arrived; and its environment, for the next run."""
     folder = tmp_path / "subscriptions"
     folder.mkdir()
-    people = [f"p{n}" for n in range(6)]
     for sid in people:
         subscription(folder, sid)
     env = {
@@ -656,10 +652,21 @@ def test_killed_between_messages_then_run_again_each_digest_arrives_once(tmp_pat
         "PAPERBOT_DB": str(tmp_path / "paperbot.db"),
     }
     smtp_server.handler.delay = 0.3
-    victim = paperbot(tmp_path, "run", "--once", "--offline", env=env)
+    running = paperbot(tmp_path, "run", "--once", "--offline", env=env)
     deadline = time.monotonic() + 60
     while len(smtp_server.handler.messages) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
+    return running, env
+
+
+def test_killed_between_messages_then_run_again_each_digest_arrives_once(tmp_path, smtp_server):
+    """SIGKILL while a batch of 6 digests goes out over SMTP; the next run sends the rest.
+
+    The server takes 0.3 s per message, so the kill lands mid-batch. A duplicate is only
+    possible for the one message the server accepted while the process died before it
+    recorded "sent" (the window the README names); the test counts them."""
+    people = [f"p{n}" for n in range(6)]
+    victim, env = run_sending_slowly(tmp_path, smtp_server, people)
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=30)
     assert victim.returncode == -signal.SIGKILL
@@ -682,6 +689,28 @@ def test_killed_between_messages_then_run_again_each_digest_arrives_once(tmp_pat
     print(f"killed after {before} messages; {len(received)} received in all, {duplicates} duplicates")
     assert set(received) == set(people)  # none lost
     assert duplicates <= 1  # only the message in flight at the kill can come twice
+
+
+def test_sigterm_finishes_the_message_in_flight_and_the_next_run_sends_the_rest(tmp_path, smtp_server):
+    """`systemctl stop` mid-batch: the run sends the message in flight, records it, and stops,
+    leaving no digest claimed; the next run, at once, sends the rest, each once."""
+    people = [f"p{n}" for n in range(6)]
+    stopped, env = run_sending_slowly(tmp_path, smtp_server, people)
+    stopped.send_signal(signal.SIGTERM)
+    out, err = stopped.communicate(timeout=30)
+    assert stopped.returncode == 143, err
+    assert "stopped by SIGTERM after the message in flight" in err
+    before = len(smtp_server.handler.messages)
+    assert before < len(people), "the stop came too late to test anything"
+    with open_store(tmp_path / "paperbot.db") as store:
+        counts = store.delivery_counts()
+    assert counts == {"sent": before, "pending": len(people) - before}  # none left 'sending'
+    assert out.count("sent p") == before
+    again = paperbot(tmp_path, "run", "--once", "--offline", env=env)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    received = sorted(to[0].split("@")[0] for _, to, _ in smtp_server.handler.messages)
+    assert received == people  # each once
 
 
 def test_run_cli_reports_and_exits_non_zero_when_a_send_fails(tmp_path, smtp_server):
