@@ -307,11 +307,9 @@ def load_settings(
 
 
 def mask(value: object) -> str:
-    """A secret as it may be shown: its first few characters, never the whole of it."""
-    if value is None:
-        return "(not set)"
-    text = str(value)
-    return text[:3] + "…" + "*" * 6 if len(text) > 8 else "*" * 6
+    """A secret as it may be shown: whether it is set, and nothing of it (not even its start:
+    a password's first letters are a good part of it)."""
+    return "(not set)" if value is None else "****** (set)"
 
 
 def describe_settings(settings: Settings) -> list[tuple[str, str, str]]:
