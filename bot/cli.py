@@ -348,7 +348,7 @@ def status(obj):
         order = ("sent", "pending", "sending", "new", "failed", "skipped")
         click.echo("deliveries: " + ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s)))
     for delivery in store.troubled_deliveries():
-        state = "retrying" if delivery.state == "pending" else delivery.state
+        state = {"pending": "retrying", "new": "unmade"}.get(delivery.state, delivery.state)
         click.echo(
             f"  {state:<8} {delivery.subscriber_id}/{delivery.channel} {delivery.period}"
             f" (attempt {delivery.attempts}): {delivery.last_error or 'in progress'}"

@@ -283,7 +283,11 @@ def reserve_digest(store: Store, plan: DigestPlan, compose: Compose, now: dateti
         log.info("%s/%s: nothing to send: %s", plan.subscriber.id, plan.channel.name, reason)
         store.mark_skipped(delivery.id, reason)
         return dataclasses.replace(delivery, state="skipped", last_error=reason)
-    message, message_id, subject = compose(plan, shown, total)
+    try:
+        message, message_id, subject = compose(plan, shown, total)
+    except (BotError, ValueError) as error:  # the papers stay reserved: each run tries again
+        store.note_render_error(delivery.id, f"cannot render it: {error}")
+        raise
     if not store.attach_message(delivery.id, message=message, message_id=message_id, subject=subject):
         return store.get_delivery(delivery.id)  # another process attached its own first
     return dataclasses.replace(
@@ -314,10 +318,15 @@ def close_period(store: Store, skip: Skip, now: datetime) -> None:
 
 
 def finish_interrupted(
-    store: Store, subscribers: Iterable[Subscriber], compose: Compose, now: datetime
+    store: Store,
+    subscribers: Iterable[Subscriber],
+    compose: Compose,
+    now: datetime,
+    errors: list[str] | None = None,
 ) -> list[Delivery]:
     """Render the digests whose papers were reserved by a run that died before storing the
-    message: the same papers, matched again for their watches and highlights."""
+    message, or that could not be rendered then: the same papers, matched again for their
+    watches and highlights. One that still cannot be rendered is added to `errors`."""
     people = {s.id: s for s in subscribers}
     finished = []
     for delivery in store.deliveries_to_render():
@@ -344,6 +353,9 @@ def finish_interrupted(
             message, message_id, subject = compose(plan, shown, len(shown))
         except (BotError, ValueError) as error:  # e.g. an address's ${VAR} unset: fixable, keep it
             log.error("cannot render the digest %s of %s yet: %s", delivery.period, subscriber.id, error)
+            store.note_render_error(delivery.id, f"cannot render it: {error}")
+            if errors is not None:
+                errors.append(f"{subscriber.id}/{channel.name} {delivery.period}: cannot render it: {error}")
             continue
         store.attach_message(delivery.id, message=message, message_id=message_id, subject=subject)
         finished.append(store.get_delivery(delivery.id))

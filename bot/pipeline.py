@@ -464,7 +464,8 @@ def run_once(
     policy = retry_policy(settings)
     sending = Sending()  # each delivery tried once in a run, and a transport down stays down
     if not dry_run:
-        finish_interrupted(store, subscribers if everyone is None else everyone, _composer(mail, []), clock())
+        people = subscribers if everyone is None else everyone
+        finish_interrupted(store, people, _composer(mail, []), clock(), errors)
     # RESERVE_BATCH digests reserved and rendered to a commit, then sent: nothing is sent before
     # it is committed, a crash before that loses only work, which the next run does again, and
     # the first digests leave while the later ones are made (by a helper process in a big run).

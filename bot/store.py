@@ -813,7 +813,7 @@ class Store:
         when the digest had its message already (another process attached one first)."""
         with self._immediate() as conn:
             attached = conn.execute(
-                "update deliveries set message_id = ?, subject = ?, state = 'pending'"
+                "update deliveries set message_id = ?, subject = ?, state = 'pending', last_error = null"
                 " where id = ? and state = 'new'",
                 [message_id, subject, delivery_id],
             ).rowcount
@@ -830,6 +830,14 @@ class Store:
             conn.execute(
                 "update deliveries set state = 'skipped', last_error = ? where id = ? and state = 'new'",
                 [reason, delivery_id],
+            )
+
+    def note_render_error(self, delivery_id: int, error: str) -> None:
+        """Why a reserved digest could not be rendered (for `paperbot status`); it stays `new`,
+        and each run tries again."""
+        with self._immediate() as conn:
+            conn.execute(
+                "update deliveries set last_error = ? where id = ? and state = 'new'", [error, delivery_id]
             )
 
     def deliveries_to_render(self) -> list[Delivery]:
@@ -986,7 +994,7 @@ class Store:
         (without their messages)."""
         return self._deliveries(
             "where state = 'failed' or (state = 'pending' and attempts > 0)"
-            " or state = 'sending' order by id desc limit 50",
+            " or state = 'sending' or (state = 'new' and last_error is not null) order by id desc limit 50",
             [],
             messages=False,
         )

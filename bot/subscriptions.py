@@ -150,8 +150,10 @@ def _channels(source: _File, table: dict, email: str | None) -> tuple[Channel, .
         if not isinstance(target, str) or not target.strip():
             what = 'to = "you@example.org"' if kind == "email" else 'url = "${MY_HOOK_URL}"'
             raise source.error(key, f"missing the address: write {what}", line)
-        if kind == "email" and not _EMAIL.match(target) and not _ENV_REF.search(target):
-            raise source.error(key, f"{target!r} is not an email address", line)
+        if kind == "email" and not _ENV_REF.search(target):
+            if not _EMAIL.match(target):
+                raise source.error(key, f"{target!r} is not an email address", line)
+            target = _ascii_address(source, key, target, line)
         if kind != "email" and not _ENV_REF.fullmatch(target.strip()):
             raise source.error(
                 key,
@@ -166,6 +168,25 @@ def _channels(source: _File, table: dict, email: str | None) -> tuple[Channel, .
             )
         channels.append(Channel(name, kind, target.strip(), secret))
     return tuple(channels)
+
+
+def _ascii_address(source: _File, key: str, address: str, line: int | None) -> str:
+    """`address` as mail servers take it: a domain in other letters than ASCII written in its
+    ASCII form (IDNA: "bücher.example" is "xn--bcher-kva.example"). The part before the @
+    must be ASCII already: few servers take any other (SMTPUTF8), and paperbot does not ask."""
+    local, _, domain = address.rpartition("@")
+    if not local.isascii():
+        raise source.error(
+            key,
+            f"{address!r}: the part before the @ must be ASCII letters (paperbot does not send SMTPUTF8)",
+            line,
+        )
+    if domain.isascii():
+        return address
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        raise source.error(key, f"{address!r}: its domain cannot be written in ASCII (IDNA)", line) from None
 
 
 def _watch(source: _File, index: int, table: dict, channel_names: set[str]) -> Watch:
@@ -260,8 +281,10 @@ def read_subscription(path: str | Path) -> Subscriber:
         raise _toml_error(source, error) from None
     _check_keys(source, data, _TOP, "")
     email = data.get("email")
-    if email is not None and not _EMAIL.match(email):
-        raise source.error("email", f"{email!r} is not an email address", source.line_of("email"))
+    if email is not None:
+        if not _EMAIL.match(email):
+            raise source.error("email", f"{email!r} is not an email address", source.line_of("email"))
+        email = _ascii_address(source, "email", email, source.line_of("email"))
     zone = data.get("timezone", "UTC")
     try:
         ZoneInfo(zone)

@@ -248,6 +248,16 @@ def test_a_digest_that_fails_to_render_holds_up_nobody_in_its_batch(world, monke
     report = run(store, settings, folder, {"email": OutboxSender(outbox)}, FRIDAY_9AM_BERLIN)
     assert sorted(o.delivery.subscriber_id for o in report.outcomes) == ["alice", "carol"]
     assert report.errors == ("bob/email: bob's template broke",)
+    # Still broken on the next run: reported again (the run does not end well), and the
+    # operator's `paperbot status` says why bob's digest waits.
+    again = run(store, settings, folder, {"email": OutboxSender(outbox)}, FRIDAY_9AM_BERLIN)
+    assert again.outcomes == () and again.errors == (
+        "bob/email 2026-06-12: cannot render it: bob's template broke",
+    )
+    status = CliRunner().invoke(main, ["--db", str(store.path), "status"])
+    assert (
+        "unmade   bob/email 2026-06-12 (attempt 0): cannot render it: bob's template broke" in status.output
+    )
     monkeypatch.setattr(bot.pipeline, "render_plan", real_render)
     # The next run, even one for alice alone (as the daemon's job for her schedule is), finishes it.
     everyone = list(load_subscriptions(folder).subscribers)

@@ -51,6 +51,14 @@ def test_a_good_file(tmp_path):
     assert bob.watches[0].min_upvotes == 3
 
 
+def test_an_address_whose_domain_is_not_ascii_is_written_as_mail_servers_take_it(tmp_path):
+    text = GOOD.replace("bob@example.org", "bob@bücher.example") + "\n[channels]\nemail = true\n"
+    text += 'work = { kind = "email", to = "bob@münchen.example" }\n'
+    bob = read_subscription(write(tmp_path, "bob.toml", text))
+    assert bob.email == "bob@xn--bcher-kva.example"
+    assert [c.target for c in bob.channels] == ["bob@xn--bcher-kva.example", "bob@xn--mnchen-3ya.example"]
+
+
 @pytest.mark.parametrize(
     ("change", "key", "line", "fix"),
     [
@@ -65,6 +73,13 @@ def test_a_good_file(tmp_path):
             "email",
             2,
             "not an email address",
+        ),
+        (GOOD.replace('email = "bob@example.org"', 'email = "böb@example.org"'), "email", 2, "ASCII"),
+        (
+            GOOD + f'\n[channels]\nwork = {{ kind = "email", to = "bob@{"ü" * 64}.example" }}\n',  # too long
+            "channels.work",
+            12,
+            "cannot be written in ASCII",
         ),
         (
             GOOD + '\n[channels]\nslack = "https://hooks.slack.com/services/T0/B0/xyz"\n',
