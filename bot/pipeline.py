@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import ipaddress
 import json
 import logging
 import multiprocessing
@@ -27,6 +28,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from email.utils import parseaddr
 from importlib import resources
 from time import monotonic
+from urllib.parse import urlsplit
 
 from bot.alerts import check_alerts
 from bot.captures import read_capture
@@ -300,6 +302,9 @@ def make_email_sender(settings: Settings) -> Sender:
     from bot.channels.email import OutboxSender, SmtpSender
 
     if settings["mail.transport"] == "smtp":
+        warning = link_warning(settings["web.base_url"])
+        if warning:
+            log.warning("%s", warning)
         return SmtpSender(
             host=settings["smtp.host"],
             port=settings["smtp.port"],
@@ -311,6 +316,29 @@ def make_email_sender(settings: Settings) -> Sender:
             rate=settings["smtp.rate"],
         )
     return OutboxSender(settings["mail.outbox"])
+
+
+def link_warning(base_url: str) -> str | None:
+    """What is wrong with sending real mail whose links start with `base_url`: a mail program
+    offers one-click unsubscribing only over https (RFC 8058), and a local address reaches
+    nobody's unsubscribe page but the operator's."""
+    host = (urlsplit(base_url).hostname or "").lower()
+    local = host in ("localhost", "") or host.endswith(".localhost") or _loopback(host)
+    if not local and base_url.startswith("https://"):
+        return None
+    why = "a local address, which its readers cannot reach" if local else "not https"
+    return (
+        f"web.base_url is {base_url}, {why}: the unsubscribe and manage links in the mail go nowhere"
+        " (and one-click unsubscribing needs https); set PAPERBOT_WEB_BASE_URL to where"
+        " `paperbot serve` is reached, e.g. https://papers.example.org"
+    )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def make_senders(settings: Settings, subscribers: list[Subscriber]) -> dict[str, Sender]:

@@ -647,6 +647,17 @@ def test_the_quick_start_leaves_a_real_email_in_the_outbox_and_sends_it_once(tmp
     assert len(list((tmp_path / "outbox").iterdir())) == 2
 
 
+def smtp_env(smtp_server, **more: str) -> dict[str, str]:
+    """The environment of a paperbot sending through the test's SMTP server (plain, no login)."""
+    return {
+        "PAPERBOT_MAIL_TRANSPORT": "smtp",
+        "PAPERBOT_SMTP_HOST": "127.0.0.1",
+        "PAPERBOT_SMTP_PORT": str(smtp_server.port),
+        "PAPERBOT_SMTP_SECURITY": "none",
+        **more,
+    }
+
+
 def run_sending_slowly(tmp_path: Path, smtp_server, people: list[str]) -> tuple[subprocess.Popen, dict]:
     """`paperbot run --once` sending the digests of `people` to a server that takes 0.3 s a
     message, once two have arrived; and its environment, for the next run."""
@@ -654,13 +665,7 @@ def run_sending_slowly(tmp_path: Path, smtp_server, people: list[str]) -> tuple[
     folder.mkdir()
     for sid in people:
         subscription(folder, sid)
-    env = {
-        "PAPERBOT_MAIL_TRANSPORT": "smtp",
-        "PAPERBOT_SMTP_HOST": "127.0.0.1",
-        "PAPERBOT_SMTP_PORT": str(smtp_server.port),
-        "PAPERBOT_SMTP_SECURITY": "none",
-        "PAPERBOT_DB": str(tmp_path / "paperbot.db"),
-    }
+    env = smtp_env(smtp_server, PAPERBOT_DB=str(tmp_path / "paperbot.db"))
     smtp_server.handler.delay = 0.3
     running = paperbot(tmp_path, "run", "--once", "--offline", env=env)
     deadline = time.monotonic() + 60
@@ -728,16 +733,36 @@ def test_run_cli_reports_and_exits_non_zero_when_a_send_fails(tmp_path, smtp_ser
     folder.mkdir()
     subscription(folder, "alice")
     smtp_server.handler.replies = ["451 4.3.0 later"]
-    env = {
-        "PAPERBOT_CONFIG": "",
-        "PAPERBOT_MAIL_TRANSPORT": "smtp",
-        "PAPERBOT_SMTP_HOST": "127.0.0.1",
-        "PAPERBOT_SMTP_PORT": str(smtp_server.port),
-        "PAPERBOT_SMTP_SECURITY": "none",
-    }
+    env = smtp_env(smtp_server, PAPERBOT_CONFIG="")
     base = ["--db", str(tmp_path / "p.db"), "--subscriptions", str(folder)]
     result = CliRunner().invoke(main, [*base, "run", "--once", "--offline"], env=env)
     assert result.exit_code == 5
     assert "retry alice/email" in result.output and "451" in result.output
     status = CliRunner().invoke(main, [*base, "status"], env=env)
     assert "1 pending" in status.output and "retrying alice/email" in status.output
+
+
+@pytest.mark.parametrize(
+    ("base_url", "warned"),
+    [
+        ("http://localhost:8000", "a local address"),
+        ("https://127.0.0.1:8443", "a local address"),
+        ("https://[::1]", "a local address"),
+        ("http://papers.example.org", "not https"),
+        ("https://papers.example.org", None),
+    ],
+)
+def test_real_mail_with_links_nobody_can_follow_is_warned_about(tmp_path, smtp_server, base_url, warned):
+    """Mail through SMTP goes to real readers: unsubscribe links to this machine, or not over
+    https (one-click unsubscribing needs it, RFC 8058), are warned about as the run starts."""
+    folder = tmp_path / "subscriptions"
+    folder.mkdir()
+    subscription(folder, "alice")
+    env = smtp_env(smtp_server, PAPERBOT_CONFIG="", PAPERBOT_WEB_BASE_URL=base_url)
+    started = paperbot(tmp_path, "--db", "p.db", "run", "--once", "--offline", env=env)
+    _, err = started.communicate(timeout=120)
+    assert started.returncode == 0, err
+    if warned:
+        assert f"web.base_url is {base_url}, {warned}" in err and "PAPERBOT_WEB_BASE_URL" in err
+    else:
+        assert "web.base_url" not in err
