@@ -62,7 +62,8 @@ __all__ = [
 ]
 
 # Gmail clips a message whose HTML passes about 102 KB, hiding the footer (and its
-# unsubscribe link) behind "View entire message".
+# unsubscribe link) behind "View entire message": the HTML as sent (UTF-8, CRLF line ends)
+# is kept under this.
 MAX_HTML_BYTES = 100_000
 AUTHORS_SHOWN = 3
 SNIPPET_CHARS = 300
@@ -813,7 +814,11 @@ def render_digest(digest: Digest, environment: jinja2.Environment | None = None)
         last = html_parts[-1][0].rstrip() + "\n"
         if last != html_parts[-1][0]:
             html_parts[-1] = (last, False)
-        size = sum(len(text) if text.isascii() else len(text.encode("utf-8")) for text, _ in html_parts)
+        # As the mail program decodes it: UTF-8, each line ending in CRLF.
+        size = sum(
+            (len(text) if text.isascii() else len(text.encode("utf-8"))) + text.count("\n")
+            for text, _ in html_parts
+        )
         if size <= MAX_HTML_BYTES or shown == 0:
             break
         # Too big for Gmail: drop the lowest-ranked papers into "and N more" and try again.
