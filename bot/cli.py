@@ -14,10 +14,11 @@ import click
 
 from bot import __version__
 from bot.config import describe_settings, load_settings
+from bot.deliver import Outcome, Skip
 from bot.errors import BotError
 from bot.fetch import parse_listing
-from bot.pipeline import backtest as run_backtest
 from bot.pipeline import (
+    Made,
     bundled_capture,
     import_files,
     make_client,
@@ -27,6 +28,7 @@ from bot.pipeline import (
     preview_digest,
     run_once,
 )
+from bot.pipeline import backtest as run_backtest
 from bot.store import open_store
 from bot.subscriptions import load_subscriptions
 
@@ -436,26 +438,12 @@ def run(obj, once, offline, dry_run, backfill):
             backfill_days=backfill,
             should_stop=stopping.is_set,
             subscription_errors=obj.subscriptions.errors if Path(obj.subscriptions_dir).is_dir() else (),
+            tell=lambda event: _say(event, senders, dry_run),
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
         for sender in senders.values():
             sender.close()
-    click.echo(report.fetched)
-    for made in report.planned:
-        verb = "would send" if dry_run else "made"
-        plan = made.plan
-        click.echo(f"{verb} {plan.subscriber.id}/{plan.channel.name} {plan.period.key}: {made.subject}")
-    for skip in report.skipped:
-        click.echo(f"nothing for {skip.subscriber_id}/{skip.channel}: {skip.reason}")
-    for outcome in report.outcomes:
-        d = outcome.delivery
-        where = f" to {senders[d.kind].path_for(d)}" if hasattr(senders[d.kind], "path_for") else ""
-        detail = f": {outcome.detail}" if outcome.detail else ""
-        count = f"{len(d.paper_ids)} paper{'' if len(d.paper_ids) == 1 else 's'}"
-        click.echo(f"{outcome.status} {d.subscriber_id}/{d.channel} {d.period} ({count}){where}{detail}")
-        if outcome.status == "down":
-            click.echo(f"no more {d.kind} this run: those due wait, pending, and go once this is fixed")
     for error in report.errors:
         click.echo(f"error {error}", err=True)
     if stopping.is_set():
@@ -465,6 +453,26 @@ def run(obj, once, offline, dry_run, backfill):
         sys.exit(report.source_error.exit_code)
     if report.errors or any(o.status in ("failed", "retry", "down") for o in report.outcomes):
         sys.exit(5)
+
+
+def _say(event: str | Skip | Made | Outcome, senders: dict, dry_run: bool) -> None:
+    """One line of `run --once`'s output, as it happens (a run cut short has said what it did)."""
+    if isinstance(event, str):
+        click.echo(event)
+    elif isinstance(event, Skip):
+        click.echo(f"nothing for {event.subscriber_id}/{event.channel}: {event.reason}")
+    elif isinstance(event, Made):
+        plan = event.plan
+        verb = "would send" if dry_run else "made"
+        click.echo(f"{verb} {plan.subscriber.id}/{plan.channel.name} {plan.period.key}: {event.subject}")
+    else:
+        d = event.delivery
+        where = f" to {senders[d.kind].path_for(d)}" if hasattr(senders[d.kind], "path_for") else ""
+        detail = f": {event.detail}" if event.detail else ""
+        count = f"{len(d.paper_ids)} paper{'' if len(d.paper_ids) == 1 else 's'}"
+        click.echo(f"{event.status} {d.subscriber_id}/{d.channel} {d.period} ({count}){where}{detail}")
+        if event.status == "down":
+            click.echo(f"no more {d.kind} this run: those due wait, pending, and go once this is fixed")
 
 
 @main.command()

@@ -392,12 +392,14 @@ def send_due(
     should_stop: Callable[[], bool] = lambda: False,
     sync_every: float = SYNC_EVERY,
     sending: Sending | None = None,
+    on_outcome: Callable[[Outcome], None] = lambda outcome: None,
 ) -> list[Outcome]:
     """Send every delivery whose time has come. One failure never holds up the others, but a
     transport that is down (TransportDown) is not tried again for the others of its kind.
     `should_stop` is asked between messages (a SIGTERM finishes the one in flight).
     `sending`: what this run's earlier calls did (a run calls this once a batch), so that each
     delivery is tried once a run, its outcome told once, and a transport down stays down.
+    `on_outcome` is called with each outcome as it is recorded.
 
     Each "sent" is committed right after the server's 250, so a crash of paperbot never sends
     a digest twice but in that instant; the records wait for the disk (a power cut) together,
@@ -420,6 +422,7 @@ def send_due(
             if outcome.status == "down":
                 sending.down[delivery.kind] = outcome.detail
             outcomes.append(outcome)
+            on_outcome(outcome)
             unsynced = True  # a "sent", and the parts of one, and failures too
             if monotonic() - synced >= sync_every:
                 store.sync()

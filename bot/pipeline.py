@@ -58,6 +58,7 @@ from bot.transport import HttpClient
 
 __all__ = [
     "DayMatches",
+    "Made",
     "PollOutcome",
     "RunReport",
     "message_settings",
@@ -454,6 +455,7 @@ def run_once(
     should_stop: Callable[[], bool] = lambda: False,
     subscription_errors: tuple = (),
     everyone: list[Subscriber] | None = None,
+    tell: Callable[[str | Skip | Made | Outcome], None] = lambda event: None,
 ) -> RunReport:
     """Fetch, match, render and deliver every digest that is due, once.
 
@@ -461,6 +463,8 @@ def run_once(
     but retries of earlier ones still go. A dry run writes nothing and sends nothing.
     `everyone`: all the subscribers, when the run plans digests for some of them only
     (a digest left unrendered by an earlier run is finished for whoever it is).
+    `tell`: called with each thing the report will hold as it happens (the poll's line,
+    each Skip, Made and Outcome), so a run cut short has said what it did.
     """
     source_error = None
     try:
@@ -468,6 +472,7 @@ def run_once(
     except SourceError as error:
         log.error("fetch failed, no new digests this run: %s", error)
         fetched, source_error = f"fetch failed: {error}", error
+    tell(fetched)
     mail = message_settings(settings, store)
     planned, errors = [], []
     plans: list[DigestPlan] = []
@@ -488,6 +493,8 @@ def run_once(
             log.info("%s/%s: no instant alert: %s", skip.subscriber_id, skip.channel, skip.reason)
         plans += alerts
         skipped += overlaps
+    for skip in skipped:
+        tell(skip)
     outcomes: list[Outcome] = []
     policy = retry_policy(settings)
     sending = Sending()  # each delivery tried once in a run, and a transport down stays down
@@ -503,22 +510,23 @@ def run_once(
                 made = _make_one(store, plan, mail, clock, dry_run, errors, ready)
                 if made is not None:
                     planned.append(made)
+                    tell(made)
         if not dry_run:
-            outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending)
+            outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
         if should_stop():
             break
     if dry_run:
         return RunReport(fetched, tuple(planned), tuple(skipped), (), tuple(errors), source_error)
 
     # Retries that are due, when there was nothing new to send.
-    outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending)
+    outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
     # After sending, so a channel disabled just now is told now; the alert mails go at once.
     # A transport is down when it failed so in this run, up again when it sent; else unknown.
     down = {f"transport {kind}": f"paperbot cannot send {kind}: {why}" for kind, why in sending.down.items()}
     sent = {o.delivery.kind for o in outcomes if o.status == "sent"}
     unknown = {f"transport {kind}" for kind in senders if kind not in sending.down and kind not in sent}
     if check_alerts(store, settings, subscription_errors, clock(), also=down, unknown=unknown):
-        outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending)
+        outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
     return RunReport(fetched, tuple(planned), tuple(skipped), tuple(outcomes), tuple(errors), source_error)
 
 

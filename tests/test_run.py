@@ -683,10 +683,12 @@ def test_killed_between_messages_then_run_again_each_digest_arrives_once(tmp_pat
     people = [f"p{n}" for n in range(6)]
     victim, env = run_sending_slowly(tmp_path, smtp_server, people)
     victim.send_signal(signal.SIGKILL)
-    victim.communicate(timeout=30)
+    out, _ = victim.communicate(timeout=30)
     assert victim.returncode == -signal.SIGKILL
     before = len(smtp_server.handler.messages)
     assert before < len(people), "the kill came too late to test anything"
+    # It said what it did as it went: a line for each digest it sent (but the one in flight).
+    assert out.startswith("offline: stored 30 papers") and before - 1 <= out.count("\nsent p") <= before
 
     time.sleep(0.5)  # let the server finish the message in flight, as a real one would
     env["PAPERBOT_DELIVERY_RETRY_MINUTES"] = "0"
