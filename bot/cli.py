@@ -411,22 +411,27 @@ def run(obj, once, offline, dry_run, backfill):
         return
     store = obj.store
 
-    def fetch() -> str:
-        if offline:
-            _, stats = import_files(store, [bundled_capture()])
-            return f"offline: stored {stats.seen} papers from the bundled capture, {stats.new} new"
-        from bot.fetch import Listing
+    # Once the poll is done, SIGTERM (`systemctl stop`, a timeout) finishes the message in
+    # flight, then stops: no digest is left claimed, and the next run sends the rest. Before,
+    # it ends the run at once (a poll can wait on the network for minutes; nothing is claimed).
+    stopping = threading.Event()
+    previous = signal.getsignal(signal.SIGTERM)
 
-        with make_client(obj.settings) as client:
-            outcome = poll(store, client, obj.settings, Listing("latest"))
-        return f"fetched {len(outcome.result.papers)} papers, {outcome.stats.new} new"
+    def fetch() -> str:
+        try:
+            if offline:
+                _, stats = import_files(store, [bundled_capture()])
+                return f"offline: stored {stats.seen} papers from the bundled capture, {stats.new} new"
+            from bot.fetch import Listing
+
+            with make_client(obj.settings) as client:
+                outcome = poll(store, client, obj.settings, Listing("latest"))
+            return f"fetched {len(outcome.result.papers)} papers, {outcome.stats.new} new"
+        finally:
+            signal.signal(signal.SIGTERM, lambda *_: stopping.set())
 
     people = _subscribers_for_run(obj)
     senders = make_senders(obj.settings, people)
-    # SIGTERM (`systemctl stop`, a timeout) finishes the message in flight, then stops: no
-    # digest is left claimed, and the next run sends the rest.
-    stopping = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
         report = run_once(
             store,

@@ -90,11 +90,16 @@ class Outcome:
 
 class Sending:
     """What one run's sending did so far: the deliveries it tried (each is tried once a run),
-    and the kinds whose transport is down (kind: why), which it sends no more of."""
+    and the kinds whose transport is down (kind: why), which it sends no more of.
+
+    A transport is down when two deliveries in a row find it so: a reply taken for "down"
+    that was about one message after all (the next one goes) must not hold up the others
+    run after run; that one's attempt then counts, as any failure's does."""
 
     def __init__(self) -> None:
         self.tried: set[int] = set()
         self.down: dict[str, str] = {}
+        self.doubted: dict[str, int] = {}  # kind: the delivery that found it down, once
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,8 +424,7 @@ def send_due(
             if outcome is None:
                 continue
             sending.tried.add(delivery.id)
-            if outcome.status == "down":
-                sending.down[delivery.kind] = outcome.detail
+            _judge_transport(store, sending, outcome)
             outcomes.append(outcome)
             on_outcome(outcome)
             unsynced = True  # a "sent", and the parts of one, and failures too
@@ -431,6 +435,19 @@ def send_due(
         if unsynced:
             store.sync()
     return outcomes
+
+
+def _judge_transport(store: Store, sending: Sending, outcome: Outcome) -> None:
+    """Whether the transport of `outcome`'s kind is down, by this and the one before (see Sending)."""
+    kind = outcome.delivery.kind
+    doubted = sending.doubted.pop(kind, None)
+    if outcome.status == "down":
+        if doubted is None:
+            sending.doubted[kind] = outcome.delivery.id
+        else:
+            sending.down[kind] = outcome.detail
+    elif doubted is not None:  # the transport works: the doubted failure was that message's own
+        store.count_attempt(doubted)
 
 
 def _send_one(

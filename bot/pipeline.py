@@ -26,6 +26,7 @@ from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from email.utils import parseaddr
+from functools import cache
 from importlib import resources
 from time import monotonic
 from urllib.parse import urlsplit
@@ -303,9 +304,7 @@ def make_email_sender(settings: Settings) -> Sender:
     from bot.channels.email import OutboxSender, SmtpSender
 
     if settings["mail.transport"] == "smtp":
-        warning = link_warning(settings["web.base_url"])
-        if warning:
-            log.warning("%s", warning)
+        _warn_about_links(settings["web.base_url"])
         return SmtpSender(
             host=settings["smtp.host"],
             port=settings["smtp.port"],
@@ -333,6 +332,14 @@ def link_warning(base_url: str) -> str | None:
         " (and one-click unsubscribing needs https); set PAPERBOT_WEB_BASE_URL to where"
         " `paperbot serve` is reached, e.g. https://papers.example.org"
     )
+
+
+@cache
+def _warn_about_links(base_url: str) -> None:
+    """Log link_warning's warning, once in a process (the daemon makes senders every run)."""
+    warning = link_warning(base_url)
+    if warning:
+        log.warning("%s", warning)
 
 
 def _loopback(host: str) -> bool:
@@ -505,12 +512,14 @@ def run_once(
     # it is committed, a crash before that loses only work, which the next run does again, and
     # the first digests leave while the later ones are made (by a helper process in a big run).
     for batch, ahead in _rendered_batches(plans, mail, settings["run.helper_from"]):
+        made_here = len(planned)
         with nullcontext() if dry_run else store.batch():
             for plan, ready in zip(batch, ahead, strict=True):
                 made = _make_one(store, plan, mail, clock, dry_run, errors, ready)
                 if made is not None:
                     planned.append(made)
-                    tell(made)
+        for made in planned[made_here:]:  # once committed: a run killed before made none of them
+            tell(made)
         if not dry_run:
             outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
         if should_stop():

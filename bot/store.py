@@ -917,6 +917,11 @@ class Store:
                 [error, format_time(next_attempt_at), 0 if counted else 1, delivery_id],
             )
 
+    def count_attempt(self, delivery_id: int) -> None:
+        """Count an attempt that `mark_retry(counted=False)` took back after all."""
+        with self._immediate() as conn:
+            conn.execute("update deliveries set attempts = attempts + 1 where id = ?", [delivery_id])
+
     def mark_failed(self, delivery_id: int, error: str) -> int:
         """A permanent failure. Returns how many digests to that subscriber and channel failed
         permanently since the last one that was sent."""

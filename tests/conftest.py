@@ -73,6 +73,7 @@ class SmtpRecorder:
         self.pipelining = pipelining
         self.rcpt_replies: dict[str, str] = {}
         self.mail_reply = ""  # an answer to every MAIL FROM instead of 250 ("530 5.7.0 ...")
+        self.mail_replies: list[str] = []  # answers to the next MAIL FROMs, before mail_reply
         self.replies: list[str] = []
         self.messages: list[tuple[str, list[str], bytes]] = []
         self.sessions = 0
@@ -86,8 +87,9 @@ class SmtpRecorder:
         return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
-        if self.mail_reply:
-            return self.mail_reply
+        reply = self.mail_replies.pop(0) if self.mail_replies else self.mail_reply
+        if reply:
+            return reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"

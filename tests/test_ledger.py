@@ -344,6 +344,15 @@ def test_the_outbox_writes_one_file_per_digest_and_a_retry_rewrites_it(ledger, t
     assert files[0].read_bytes() == MESSAGE
 
 
+def test_a_subscriber_with_a_very_long_id_still_gets_an_outbox_file_of_their_own(ledger, tmp_path):
+    outbox = OutboxSender(tmp_path / "outbox")
+    long_ones = [reserve(ledger, sid="x" * 240 + tail) for tail in ("a", "b")]
+    for delivery in long_ones:
+        outbox.send(delivery)  # a name over 255 bytes: "File name too long"
+    names = sorted(f.name for f in (tmp_path / "outbox").iterdir())
+    assert len(names) == 2 and all(len(name) <= 210 for name in names)
+
+
 # -- sending what is due: retries, permanent failures, suppression ------------------------------
 
 

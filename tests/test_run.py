@@ -540,34 +540,77 @@ def test_a_run_tries_each_delivery_once_however_many_batches_it_sends(
     assert statuses(later) == [("bob", "sent")]
 
 
-@pytest.mark.parametrize("smtp_server", ["pipelining", "no pipelining"], indirect=True)
-def test_a_server_refusing_paperbots_sender_holds_every_digest_and_blames_no_subscriber(world, smtp_server):
-    """The server wants a login paperbot was not given (530 at MAIL FROM): no subscriber's
-    fault. The run stops sending at the first refusal, every digest waits, pending, run after
-    run, nobody is suppressed, the operator is alerted; once the login is fixed, each digest
-    goes, once, and the alert is resolved."""
+PEOPLE = ("alice", "bob", "carol")
+# How servers refuse paperbot itself rather than one recipient: at MAIL FROM, or (Postfix's
+# default) only at RCPT TO, or at DATA.
+REFUSALS = {
+    "530 at MAIL FROM": ("mail", "530 5.7.0 Authentication required"),
+    "530 at DATA": ("data", "530 5.7.0 Authentication required"),
+    "relay denied at RCPT": ("rcpt", "554 5.7.1 <{who}@example.org>: Relay access denied"),
+    "sender rejected at RCPT": ("rcpt", "553 5.7.1 <papers@example.org>: Sender address rejected: not owned"),
+}
+
+
+def refuse(handler, where: str, reply: str) -> None:
+    """Make the test server answer `reply` to every message, at `where` (or stop, with "")."""
+    handler.mail_reply = reply if where == "mail" else ""
+    handler.replies = [reply] * 10 if where == "data" and reply else []
+    handler.rcpt_replies = (
+        {f"{p}@example.org": reply.format(who=p) for p in PEOPLE} if where == "rcpt" else {}
+    )
+
+
+@pytest.mark.parametrize("refusal", REFUSALS)
+def test_a_server_refusing_paperbot_holds_every_digest_and_blames_no_subscriber(world, smtp_server, refusal):
+    """The server wants a login paperbot was not given, or will not relay for it: no
+    subscriber's fault. The run stops sending once two digests in a row met it, every digest
+    waits, pending, run after run, nobody is suppressed, the operator is alerted; once the
+    setup is fixed, each digest goes, once, and the alert is resolved."""
     store, folder, settings, _ = world
-    for sid in ("alice", "bob", "carol"):
+    for sid in PEOPLE:
         subscription(folder, sid)
-    smtp_server.handler.mail_reply = "530 5.7.0 Authentication required"
+    where, reply = REFUSALS[refusal]
+    refuse(smtp_server.handler, where, reply)
     sender = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
     for hours in range(5):  # more runs than delivery.suppress_after (3) and retries due
         report = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN + timedelta(hours=hours))
-        assert statuses(report) == [("alice", "down")], hours
-        assert "530 5.7.0 Authentication required" in report.outcomes[0].detail
-    rows = [store.find_delivery(sid, "email", "2026-06-12") for sid in ("alice", "bob", "carol")]
+        assert statuses(report) == [("alice", "down"), ("bob", "down")], hours
+        assert reply.format(who="alice") in report.outcomes[0].detail
+    rows = [store.find_delivery(sid, "email", "2026-06-12") for sid in PEOPLE]
     assert [(d.state, d.attempts) for d in rows] == [("pending", 0)] * 3
     assert store.suppressions() == []
     (alert,) = store.open_alerts()
-    assert alert["key"] == "transport email" and "refused the sender papers@example.org" in alert["message"]
-    smtp_server.handler.mail_reply = ""
+    assert alert["key"] == "transport email" and "PAPERBOT_SMTP_PASSWORD" in alert["message"]
+    refuse(smtp_server.handler, "", "")
     fixed = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN + timedelta(hours=6))
     sender.close()
-    assert statuses(fixed) == [("alice", "sent"), ("bob", "sent"), ("carol", "sent")]
+    assert statuses(fixed) == [(p, "sent") for p in PEOPLE]
     assert len(smtp_server.handler.messages) == 3 and store.open_alerts() == []
 
 
-def test_an_unreachable_mail_server_is_tried_once_a_run_not_once_a_digest(world):
+def test_a_refusal_that_was_one_messages_own_holds_up_nobody(world, smtp_server):
+    """A reply that reads like "down" but concerns one message (the next one goes) is that
+    message's failure: its attempt counts, the others go, no alert. And a recipient unknown
+    "in relay recipient table" is that recipient's failure, not a relay refusal."""
+    store, folder, settings, _ = world
+    for sid in PEOPLE:
+        subscription(folder, sid)
+    smtp_server.handler.mail_replies = ["530 5.7.0 Authentication required"]  # the first MAIL only
+    smtp_server.handler.rcpt_replies = {
+        "carol@example.org": "550 5.1.1 <carol@example.org>: Recipient address rejected: "
+        "User unknown in relay recipient table"
+    }
+    sender = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
+    report = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN)
+    assert statuses(report) == [("alice", "down"), ("bob", "sent"), ("carol", "failed")]
+    assert store.find_delivery("alice", "email", "2026-06-12").attempts == 1
+    assert store.open_alerts() == []
+    later = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN + timedelta(hours=1))
+    sender.close()
+    assert statuses(later) == [("alice", "sent")]
+
+
+def test_an_unreachable_mail_server_is_tried_twice_a_run_not_once_a_digest(world):
     store, folder, settings, _ = world
     for sid in ("alice", "bob", "carol"):
         subscription(folder, sid)
@@ -576,7 +619,7 @@ def test_an_unreachable_mail_server_is_tried_once_a_run_not_once_a_digest(world)
     )
     report = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN)
     assert (
-        statuses(report) == [("alice", "down")]
+        statuses(report) == [("alice", "down"), ("bob", "down")]
         and "cannot reach the SMTP server" in report.outcomes[0].detail
     )
     assert store.delivery_counts() == {"pending": 3}
@@ -728,6 +771,44 @@ def test_sigterm_finishes_the_message_in_flight_and_the_next_run_sends_the_rest(
     assert again.returncode == 0, err
     received = sorted(to[0].split("@")[0] for _, to, _ in smtp_server.handler.messages)
     assert received == people  # each once
+
+
+def test_the_link_warning_is_given_once_a_process(make_settings, caplog):
+    """The daemon makes its senders every run, the web app for every sign-up mail: the
+    operator reads the warning once, not once a mail."""
+    from bot.pipeline import make_email_sender
+
+    settings = make_settings(mail_transport="smtp", web_base_url="http://once.example.org")
+    for _ in range(3):
+        make_email_sender(settings)
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == [
+        "web.base_url is http://once.example.org"
+    ]
+
+
+def test_sigterm_while_polling_a_silent_site_ends_the_run_at_once(tmp_path):
+    """Nothing is claimed while paperbot polls: SIGTERM then ends it at once, not after the
+    poll's timeouts and retries (minutes, more than systemd waits before a SIGKILL)."""
+    import socket
+
+    (tmp_path / "subscriptions").mkdir()
+    subscription(tmp_path / "subscriptions", "alice")
+    with socket.socket() as silent:  # takes the connection, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(60)
+        env = {
+            "PAPERBOT_HF_BASE_URL": f"http://127.0.0.1:{silent.getsockname()[1]}",
+            "PAPERBOT_HF_TIMEOUT": "30",
+            "PAPERBOT_DB": str(tmp_path / "paperbot.db"),
+        }
+        polling = paperbot(tmp_path, "run", "--once", env=env)
+        connection, _ = silent.accept()  # it is polling now
+        started = time.monotonic()
+        polling.send_signal(signal.SIGTERM)
+        polling.communicate(timeout=20)
+        connection.close()
+    assert polling.returncode == -signal.SIGTERM and time.monotonic() - started < 5
 
 
 def test_run_cli_reports_and_exits_non_zero_when_a_send_fails(tmp_path, smtp_server):

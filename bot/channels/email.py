@@ -8,6 +8,7 @@ cannot be reached, refuses the login or the sender is TransportDown: nobody's ma
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bot.errors import PermanentError, SettingsError, TransientError, TransportDown
+from bot.errors import DeliveryError, PermanentError, SettingsError, TransientError, TransportDown
 from bot.store import Delivery
 
 __all__ = ["OutboxSender", "SmtpSender"]
@@ -28,10 +29,29 @@ SECURITY = ("starttls", "tls", "none")
 _LEADING_DOT = re.compile(rb"^\.", re.M)
 
 
-def _reply_error(code: int, text: bytes | str, what: str) -> TransientError | PermanentError:
+# Replies that refuse paperbot itself, whoever the message is for: its login or its sender
+# address, or relaying through this server at all. Servers say so at MAIL FROM, or (Postfix,
+# by default) only at RCPT TO, in words like these: "530 5.7.0 Authentication required",
+# "554 5.7.1 <x>: Relay access denied", "550 5.7.54 Unable to relay recipient", "553 5.7.1
+# <p@x>: Sender address rejected: not owned by user", "550 5.7.57 Client not authenticated".
+_REFUSES_PAPERBOT = re.compile(
+    r"relay(?:ing)? (?:access )?(?:denied|not permitted|not allowed|prohibited)|unable to relay"
+    r"|authentication required|not authenticated|must authenticate|authenticate first"
+    r"|sender address rejected|client host rejected|not owned by user",
+    re.I,
+)
+_CHECK_SETUP = "check mail.from and the SMTP login (PAPERBOT_SMTP_USERNAME, PAPERBOT_SMTP_PASSWORD)"
+
+
+def _reply_error(code: int, text: bytes | str, what: str) -> DeliveryError:
+    """The error of an SMTP reply: transient (4xx) or permanent (5xx) for this message, or
+    TransportDown when it refuses paperbot itself (its login, its sender, relaying), which no
+    other message would get past either."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     message = f"{what}: {code} {text}".strip()
+    if code == 530 or _REFUSES_PAPERBOT.search(text):
+        return TransportDown(f"{message}; {_CHECK_SETUP}")
     return TransientError(message) if 400 <= code < 500 else PermanentError(message)
 
 
@@ -110,17 +130,10 @@ class SmtpSender:
             code, text = next(iter(error.recipients.values()))
             raise _reply_error(code, text, f"the server refused {delivery.recipient}") from None
         except smtplib.SMTPSenderRefused as error:
-            # Refused at MAIL FROM, before any recipient: paperbot's login or sender address
-            # (530 authentication required, 553 sender not allowed) or the server's own state.
+            # At MAIL FROM: paperbot's login or sender (down), or this message (552: too big).
             self._reset()
-            reply = (
-                error.smtp_error.decode("utf-8", "replace")
-                if isinstance(error.smtp_error, bytes)
-                else error.smtp_error
-            )
-            raise TransportDown(
-                f"the server refused the sender {self.sender}: {error.smtp_code} {reply}; check"
-                " mail.from and the SMTP login (PAPERBOT_SMTP_USERNAME, PAPERBOT_SMTP_PASSWORD)"
+            raise _reply_error(
+                error.smtp_code, error.smtp_error, f"the server refused the sender {self.sender}"
             ) from None
         except smtplib.SMTPDataError as error:
             self._reset()
@@ -205,6 +218,7 @@ class SmtpSender:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_LONGEST_NAME = 200  # characters of an outbox file's name, before .eml (and .part)
 
 
 class OutboxSender:
@@ -222,6 +236,8 @@ class OutboxSender:
         name = "-".join(
             _UNSAFE.sub("_", part) for part in (delivery.period, delivery.subscriber_id, delivery.channel)
         )
+        if len(name) > _LONGEST_NAME:  # file systems take 255 bytes: keep it unique, and short
+            name = f"{name[: _LONGEST_NAME - 17]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
         return self.folder / f"{name}.eml"
 
     def send(self, delivery: Delivery) -> None:
