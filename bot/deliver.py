@@ -28,11 +28,12 @@ from time import monotonic
 from zoneinfo import ZoneInfo
 
 from bot.channels import Sender
-from bot.errors import BotError, ChannelGone, DeliveryError, PermanentError, TransportDown
+from bot.errors import BotError, ChannelGone, DeliveryError, PermanentError, SettingsError, TransportDown
 from bot.match import Match, WatchIndex, match_papers
 from bot.models import Channel, Subscriber
 from bot.schedule import Period, due_period
 from bot.store import Delivery, Store
+from bot.subscriptions import mail_address
 
 __all__ = [
     "DigestPlan",
@@ -40,6 +41,8 @@ __all__ = [
     "RetryPolicy",
     "Sending",
     "Skip",
+    "email_recipient",
+    "expand_target",
     "plan_digests",
     "rank_matches",
     "reserve_digest",
@@ -300,14 +303,44 @@ def reserve_digest(store: Store, plan: DigestPlan, compose: Compose, now: dateti
     )
 
 
+def expand_target(target: str, environ: Mapping[str, str] | None = None) -> str:
+    """A channel's address or URL with its ${VARS} filled from the environment."""
+    environ = os.environ if environ is None else environ
+
+    def value(found: re.Match) -> str:
+        name = found.group(1)
+        if not environ.get(name):
+            raise SettingsError(
+                f"the environment variable {name} is not set: set it to the channel's address"
+            )
+        return environ[name]
+
+    return _ENV_REF.sub(value, target)
+
+
+def email_recipient(target: str) -> str:
+    """An email channel's address as mail servers take it: its ${VARS} filled from the
+    environment, its domain in ASCII (see mail_address). Raises SettingsError saying what to fix.
+    (An address written in a subscription file was made so as the file was read.)"""
+    if "${" not in target:
+        return target
+    address = expand_target(target)
+    try:
+        return mail_address(address)
+    except ValueError as error:
+        raise SettingsError(f"{target} is {address!r}, not an address mail can go to: {error}") from None
+
+
 def _reserve(store: Store, plan: DigestPlan, paper_ids: list[str], now: datetime) -> Delivery:
-    """The ledger row of a planned digest, with `paper_ids` reserved (or the row already there)."""
+    """The ledger row of a planned digest, with `paper_ids` reserved (or the row already there).
+    An email's recipient is kept as it is sent to (a webhook's URL stays a ${VAR}: a secret)."""
+    email = plan.channel.kind == "email"
     return store.reserve_delivery(
         subscriber_id=plan.subscriber.id,
         channel=plan.channel.name,
         kind=plan.channel.kind,
         period=plan.period.key,
-        recipient=plan.channel.target,
+        recipient=email_recipient(plan.channel.target) if email else plan.channel.target,
         paper_ids=paper_ids,
         window_start=plan.window_start,
         window_end=plan.window_end,

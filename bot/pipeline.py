@@ -42,6 +42,8 @@ from bot.deliver import (
     Sending,
     Skip,
     close_period,
+    email_recipient,
+    expand_target,
     finish_interrupted,
     join_parts,
     plan_digests,
@@ -218,24 +220,6 @@ def backtest(store: Store, subscriber: Subscriber, days: int, until: date | None
 # -- one run: poll, plan, reserve, render, send ------------------------------------------------
 
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def expand_target(target: str, environ: dict | None = None) -> str:
-    """A channel's address or URL with its ${VARS} filled from the environment."""
-    environ = os.environ if environ is None else environ
-
-    def value(found: re.Match) -> str:
-        name = found.group(1)
-        if not environ.get(name):
-            raise SettingsError(
-                f"the environment variable {name} is not set: set it to the channel's address"
-            )
-        return environ[name]
-
-    return _ENV_REF.sub(value, target)
-
-
 def message_settings(settings: Settings, store: Store) -> MessageSettings:
     """What digests need from the settings. Without web.secret, a random key is made once and
     kept in the database, so links signed today still verify tomorrow."""
@@ -395,7 +379,7 @@ def render_plan(
     """A planned digest as the subscriber will read it, and the bytes of its email."""
     digest = make_digest(plan, shown, total, mail)
     rendered = render_digest(digest)
-    return digest, rendered, email_data(digest, rendered, mail, to=expand_target(plan.channel.target))
+    return digest, rendered, email_data(digest, rendered, mail, to=email_recipient(plan.channel.target))
 
 
 @dataclass(frozen=True, slots=True)

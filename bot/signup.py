@@ -37,7 +37,6 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import tomlkit
-from email_validator import EmailNotValidError, validate_email
 
 from bot.config import Settings
 from bot.errors import QueryError, SubscriptionError
@@ -47,7 +46,7 @@ from bot.pipeline import make_email_sender
 from bot.query import parse_query
 from bot.schedule import parse_schedule
 from bot.store import Delivery, Store
-from bot.subscriptions import read_subscription
+from bot.subscriptions import mail_address, read_subscription
 from bot.tokens import TokenError, make_token, read_token
 
 __all__ = [
@@ -140,16 +139,13 @@ def schedule_text(frequency: str, day: str, clock: str) -> str:
 
 
 def check_email(address: str) -> str:
-    """The address, normalized (domain lowercased, IDN as ASCII). Raises ValueError saying what is wrong.
+    """The address, normalized (domain lowercased, IDN as ASCII), as a subscription file's
+    would be. Raises ValueError saying what is wrong.
 
     email-validator rather than a regex: the address goes into a mail header and a file, so
     quoted local parts, control characters and over-long addresses must be refused exactly.
     """
-    try:
-        result = validate_email(address.strip(), check_deliverability=False, allow_smtputf8=False)
-    except EmailNotValidError as error:
-        raise ValueError(str(error)) from None
-    return result.ascii_email or result.normalized
+    return mail_address(address)
 
 
 def check_query(query: str) -> None:
@@ -240,15 +236,23 @@ def find_subscriber(folder: str | Path, address: str) -> str | None:
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    wanted = address_key(address)
+    wanted = address_key(_as_sent(address))
     for path in sorted(folder.glob("*.toml")):
         try:
             found = tomllib.loads(path.read_text(encoding="utf-8")).get("email")
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             continue  # a broken file is `subscribers check`'s business
-        if isinstance(found, str) and address_key(found) == wanted:
+        if isinstance(found, str) and address_key(_as_sent(found)) == wanted:
             return path.stem
     return None
+
+
+def _as_sent(address: str) -> str:
+    """A file's address as paperbot sends to it (as written, should it be broken)."""
+    try:
+        return mail_address(address)
+    except ValueError:
+        return address
 
 
 def subscriber_id_for(folder: str | Path, address: str) -> str:

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from email_validator import EmailNotValidError, validate_email
+
 from bot.errors import QueryError, SubscriptionError
 from bot.models import Channel, Subscriber, Watch
 from bot.query import parse_query
 from bot.schedule import parse_schedule
 
-__all__ = ["LoadedSubscriptions", "load_subscriptions", "read_subscription"]
+__all__ = ["LoadedSubscriptions", "load_subscriptions", "mail_address", "read_subscription"]
 
 _TOP = {
     "name": str,
@@ -170,23 +172,25 @@ def _channels(source: _File, table: dict, email: str | None) -> tuple[Channel, .
     return tuple(channels)
 
 
-def _ascii_address(source: _File, key: str, address: str, line: int | None) -> str:
-    """`address` as mail servers take it: a domain in other letters than ASCII written in its
-    ASCII form (IDNA: "bücher.example" is "xn--bcher-kva.example"). The part before the @
-    must be ASCII already: few servers take any other (SMTPUTF8), and paperbot does not ask."""
-    local, _, domain = address.rpartition("@")
-    if not local.isascii():
-        raise source.error(
-            key,
-            f"{address!r}: the part before the @ must be ASCII letters (paperbot does not send SMTPUTF8)",
-            line,
-        )
-    if domain.isascii():
-        return address
+def mail_address(address: str) -> str:
+    """`address` as mail servers take it, the same wherever it comes from (a file, the web
+    form, the environment): its domain lowercased, and in ASCII when written in other letters
+    (IDNA 2008: "bücher.example" is "xn--bcher-kva.example"). The part before the @ must be
+    ASCII: few servers take any other (SMTPUTF8), and paperbot does not ask. Raises ValueError
+    saying what is wrong."""
     try:
-        return f"{local}@{domain.encode('idna').decode('ascii')}"
-    except UnicodeError:
-        raise source.error(key, f"{address!r}: its domain cannot be written in ASCII (IDNA)", line) from None
+        found = validate_email(address.strip(), check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as error:
+        raise ValueError(str(error)) from None
+    return found.ascii_email or found.normalized
+
+
+def _ascii_address(source: _File, key: str, address: str, line: int | None) -> str:
+    """mail_address, its error naming the file and the key."""
+    try:
+        return mail_address(address)
+    except ValueError as error:
+        raise source.error(key, f"{address!r}: {error}", line) from None
 
 
 def _watch(source: _File, index: int, table: dict, channel_names: set[str]) -> Watch:

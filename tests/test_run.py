@@ -625,6 +625,24 @@ def test_an_unreachable_mail_server_is_tried_twice_a_run_not_once_a_digest(world
     assert store.delivery_counts() == {"pending": 3}
 
 
+def test_an_address_from_the_environment_is_the_one_mail_goes_to(world, smtp_server, monkeypatch):
+    """Bob's work channel takes its address from BOB_WORK_MAIL: the server is asked to deliver
+    to that address (its domain in ASCII), not to the words "${BOB_WORK_MAIL}"."""
+    store, folder, settings, _ = world
+    (folder / "bob.toml").write_text(
+        'email = "bob@example.org"\n[channels]\nwork = { kind = "email", to = "${BOB_WORK_MAIL}" }\n'
+        '[[watch]]\nname = "w"\nquery = "attention"\n'
+    )
+    monkeypatch.setenv("BOB_WORK_MAIL", "bob@wörk.example")
+    sender = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
+    report = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN)
+    sender.close()
+    assert statuses(report) == [("bob", "sent")]
+    ((_, to, data),) = smtp_server.handler.messages
+    assert to == ["bob@xn--wrk-sna.example"]
+    assert email.message_from_bytes(data, policy=policy.default)["To"] == "bob <bob@xn--wrk-sna.example>"
+
+
 def test_smtp_delivery_with_a_greylisting_server(world, smtp_server):
     store, folder, settings, _ = world
     for sid in ("alice", "bob", "carol"):

@@ -229,6 +229,20 @@ def test_a_second_sign_up_of_a_subscribed_address_looks_the_same(site):
     assert sorted(p.name for p in site.folder.glob("*.toml")) == ["bob.toml"]
 
 
+def test_a_sign_up_finds_the_subscriber_whose_file_writes_the_domain_in_other_letters(site):
+    """Ann's file says ann@bücher.example; on the web she types it so too: the same person,
+    not a second subscriber with a second digest."""
+    (site.folder / "ann.toml").write_text(
+        'email = "ann@bücher.example"\n[[watch]]\nname = "w"\nquery = "attention"\n', encoding="utf-8"
+    )
+    with site.client() as visitor:
+        subscribe(site, visitor, email="ann@bücher.example")
+    (mail,) = site.mails()
+    assert mail["Subject"] == "Your paperbot subscription" and "subscribed already" in mail.get_content()
+    assert mail["To"] == "ann@xn--bcher-kva.example"
+    assert sorted(p.name for p in site.folder.glob("*.toml")) == ["ann.toml"]
+
+
 def test_confirming_for_a_subscribed_address_adds_the_watch_and_keeps_the_file(site):
     path = site.subscribe_file("bob")
     with site.client() as visitor:
