@@ -28,7 +28,15 @@ from time import monotonic
 from zoneinfo import ZoneInfo
 
 from bot.channels import Sender
-from bot.errors import BotError, ChannelGone, DeliveryError, PermanentError, SettingsError, TransportDown
+from bot.errors import (
+    BotError,
+    ChannelGone,
+    DeliveryError,
+    PermanentError,
+    SettingsError,
+    TransientError,
+    TransportDown,
+)
 from bot.match import Match, WatchIndex, match_papers
 from bot.models import Channel, Subscriber
 from bot.schedule import Period, due_period
@@ -47,6 +55,7 @@ __all__ = [
     "rank_matches",
     "reserve_digest",
     "send_due",
+    "settle",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,20 +98,24 @@ class Outcome:
     delivery: Delivery
     status: str  # sent, retry, failed, suppressed, busy (another process has it), down (the transport)
     detail: str = ""
+    error: DeliveryError | None = None  # what failed, if anything
 
 
 class Sending:
     """What one run's sending did so far: the deliveries it tried (each is tried once a run),
-    and the kinds whose transport is down (kind: why), which it sends no more of.
+    the kinds it sent something of, the kinds whose transport is down (kind: why), which it
+    sends no more of, and the refusals it has yet to judge.
 
-    A transport is down when two deliveries in a row find it so: a reply taken for "down"
-    that was about one message after all (the next one goes) must not hold up the others
-    run after run; that one's attempt then counts, as any failure's does."""
+    A server's refusal of paperbot itself ("Relay access denied", "Authentication required")
+    may concern one recipient alone: such refusals are judged when the run's sending ends
+    (`settle`). If anything of that kind went, each was that message's own failure, and is
+    recorded as any failure is; if nothing went, the transport is down."""
 
     def __init__(self) -> None:
         self.tried: set[int] = set()
+        self.sent: set[str] = set()
         self.down: dict[str, str] = {}
-        self.doubted: dict[str, int] = {}  # kind: the delivery that found it down, once
+        self.refused: dict[str, list[tuple[Delivery, TransportDown, int]]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +344,13 @@ def email_recipient(target: str) -> str:
         raise SettingsError(f"{target} is {address!r}, not an address mail can go to: {error}") from None
 
 
+def _expanded(recipient: str) -> str:
+    try:
+        return email_recipient(recipient)
+    except SettingsError as error:  # the operator can fix it: keep the message, try later
+        raise TransientError(str(error)) from None
+
+
 def _reserve(store: Store, plan: DigestPlan, paper_ids: list[str], now: datetime) -> Delivery:
     """The ledger row of a planned digest, with `paper_ids` reserved (or the row already there).
     An email's recipient is kept as it is sent to (a webhook's URL stays a ${VAR}: a secret)."""
@@ -445,6 +465,7 @@ def send_due(
     per message."""
     owner = _owner()
     outcomes: list[Outcome] = []
+    own = sending is None  # this call is the run's whole sending: it settles the refusals too
     sending = sending if sending is not None else Sending()
     synced, unsynced = monotonic(), False
     try:
@@ -457,7 +478,14 @@ def send_due(
             if outcome is None:
                 continue
             sending.tried.add(delivery.id)
-            _judge_transport(store, sending, outcome)
+            kind, error = delivery.kind, outcome.error
+            if outcome.status == "sent":
+                sending.sent.add(kind)
+            elif isinstance(error, TransportDown) and error.per_message is not None:
+                sending.refused.setdefault(kind, []).append((delivery, error, delivery.attempts + 1))
+                continue  # told once judged (settle)
+            elif isinstance(error, TransportDown):
+                sending.down[kind] = outcome.detail  # unreachable: no message gets further
             outcomes.append(outcome)
             on_outcome(outcome)
             unsynced = True  # a "sent", and the parts of one, and failures too
@@ -467,20 +495,36 @@ def send_due(
     finally:
         if unsynced:
             store.sync()
+    if own:
+        outcomes += settle(store, sending, now, policy, on_outcome)
     return outcomes
 
 
-def _judge_transport(store: Store, sending: Sending, outcome: Outcome) -> None:
-    """Whether the transport of `outcome`'s kind is down, by this and the one before (see Sending)."""
-    kind = outcome.delivery.kind
-    doubted = sending.doubted.pop(kind, None)
-    if outcome.status == "down":
-        if doubted is None:
-            sending.doubted[kind] = outcome.delivery.id
-        else:
-            sending.down[kind] = outcome.detail
-    elif doubted is not None:  # the transport works: the doubted failure was that message's own
-        store.count_attempt(doubted)
+def settle(
+    store: Store,
+    sending: Sending,
+    now: Callable[[], datetime],
+    policy: RetryPolicy = RetryPolicy(),
+    on_outcome: Callable[[Outcome], None] = lambda outcome: None,
+) -> list[Outcome]:
+    """Judge the refusals of paperbot itself that this run's sending met (see Sending): the
+    outcome of each. Call when the run's sending is over (send_due does, when it is the run)."""
+    outcomes = []
+    for kind, refusals in sending.refused.items():
+        works = kind in sending.sent
+        if not works:
+            sending.down[kind] = str(refusals[0][1])
+            log.error("cannot send %s now: %s; %d digests wait, pending", kind, refusals[0][1], len(refusals))
+        for delivery, error, attempts in refusals:
+            if works:  # the transport takes others' mail: this refusal was this message's own
+                store.count_attempt(delivery.id)
+                outcome = _record_failure(store, delivery, error.per_message, attempts, now(), policy)
+            else:
+                outcome = Outcome(delivery, "down", str(error), error)
+            outcomes.append(outcome)
+            on_outcome(outcome)
+    sending.refused = {}
+    return outcomes
 
 
 def _send_one(
@@ -506,6 +550,8 @@ def _send_one(
         # A message in several parts (a long Slack digest) records each part as it goes,
         # so a failure after part 1 never sends part 1 again. Read now, and not kept after.
         parts = message_parts(dataclasses.replace(delivery, message=store.stored_message(delivery.id)))
+        if delivery.kind == "email" and "${" in delivery.recipient:  # a row an older paperbot wrote
+            delivery = dataclasses.replace(delivery, recipient=_expanded(delivery.recipient))
         for number in range(delivery.parts_sent, len(parts)):
             sender.send(dataclasses.replace(delivery, message=parts[number]))
             if len(parts) > 1:
@@ -537,8 +583,11 @@ def _record_failure(
     if isinstance(error, TransportDown):  # nobody's fault but the setup's: no attempt counted
         when = policy.next_attempt(1, now, None)
         store.mark_retry(delivery.id, str(error), when, counted=False)
-        log.error("cannot send %s now: %s; the %s digests wait, pending", delivery.kind, error, delivery.kind)
-        return Outcome(delivery, "down", str(error))
+        if error.per_message is None:  # else said once judged (settle)
+            log.error(
+                "cannot send %s now: %s; the %s digests wait, pending", delivery.kind, error, delivery.kind
+            )
+        return Outcome(delivery, "down", str(error), error)
     permanent = isinstance(error, PermanentError)
     if not permanent and attempts >= policy.max_attempts:
         permanent = True

@@ -112,7 +112,14 @@ class TransportDown(TransientError):
     """Nothing of this kind can be sent now, whoever it is for: the mail server cannot be
     reached, refuses paperbot's login or its sender address, the outbox cannot be written.
     The operator's to fix and never the recipient's fault: the attempt does not count against
-    the digest, the run sends no more of that kind, and the operator is alerted."""
+    the digest, and the operator is alerted.
+
+    `per_message`: for a server's reply that reads so ("Relay access denied") but may concern
+    this message alone, what it is if it does (bot.deliver decides, by whether others go)."""
+
+    def __init__(self, message: str, per_message: DeliveryError | None = None):
+        super().__init__(message)
+        self.per_message = per_message
 
 
 class PermanentError(DeliveryError):

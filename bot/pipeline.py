@@ -49,6 +49,7 @@ from bot.deliver import (
     plan_digests,
     reserve_digest,
     send_due,
+    settle,
 )
 from bot.errors import BotError, PermanentError, SettingsError, SourceError, TransientError
 from bot.fetch import Listing, fetch_listing, fetch_with_fallback
@@ -511,8 +512,9 @@ def run_once(
     if dry_run:
         return RunReport(fetched, tuple(planned), tuple(skipped), (), tuple(errors), source_error)
 
-    # Retries that are due, when there was nothing new to send.
+    # Retries that are due, when there was nothing new to send; then the refusals judged.
     outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
+    outcomes += settle(store, sending, clock, policy, tell)
     # After sending, so a channel disabled just now is told now; the alert mails go at once.
     # A transport is down when it failed so in this run, up again when it sent; else unknown.
     down = {f"transport {kind}": f"paperbot cannot send {kind}: {why}" for kind, why in sending.down.items()}
@@ -520,6 +522,7 @@ def run_once(
     unknown = {f"transport {kind}" for kind in senders if kind not in sending.down and kind not in sent}
     if check_alerts(store, settings, subscription_errors, clock(), also=down, unknown=unknown):
         outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
+        outcomes += settle(store, sending, clock, policy, tell)
     return RunReport(fetched, tuple(planned), tuple(skipped), tuple(outcomes), tuple(errors), source_error)
 
 

@@ -145,7 +145,7 @@ def check_email(address: str) -> str:
     email-validator rather than a regex: the address goes into a mail header and a file, so
     quoted local parts, control characters and over-long addresses must be refused exactly.
     """
-    return mail_address(address)
+    return mail_address(address, strict=True)
 
 
 def check_query(query: str) -> None:

@@ -172,12 +172,16 @@ def _channels(source: _File, table: dict, email: str | None) -> tuple[Channel, .
     return tuple(channels)
 
 
-def mail_address(address: str) -> str:
+def mail_address(address: str, strict: bool = False) -> str:
     """`address` as mail servers take it, the same wherever it comes from (a file, the web
-    form, the environment): its domain lowercased, and in ASCII when written in other letters
-    (IDNA 2008: "bücher.example" is "xn--bcher-kva.example"). The part before the @ must be
-    ASCII: few servers take any other (SMTPUTF8), and paperbot does not ask. Raises ValueError
-    saying what is wrong."""
+    form, the environment): written in other letters than ASCII, its domain lowercased and in
+    ASCII (IDNA 2008: "bücher.example" is "xn--bcher-kva.example"); the part before the @
+    must be ASCII, as few servers take any other (SMTPUTF8) and paperbot does not ask. An
+    ASCII address is taken as written (as it always was: "jdoe@corp.local" too) unless
+    `strict`, as for the web form, which takes only addresses fit for the open internet.
+    Raises ValueError saying what is wrong."""
+    if address.isascii() and not strict:
+        return address.strip()
     try:
         found = validate_email(address.strip(), check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as error:

@@ -353,6 +353,27 @@ def test_a_subscriber_with_a_very_long_id_still_gets_an_outbox_file_of_their_own
     assert len(names) == 2 and all(len(name) <= 210 for name in names)
 
 
+def test_a_row_that_kept_an_address_as_its_variable_is_sent_to_the_address(ledger, smtp_server, monkeypatch):
+    """Rows an older paperbot wrote kept an email channel's recipient as "${BOB_WORK_MAIL}"."""
+    monkeypatch.setenv("BOB_WORK_MAIL", "bob@work.example.org")
+    row = ledger.reserve_delivery(
+        subscriber_id="bob",
+        channel="work",
+        kind="email",
+        period="2026-06-12",
+        recipient="${BOB_WORK_MAIL}",
+        paper_ids=["2606.1"],
+        window_start=T0 - timedelta(days=1),
+        window_end=T0,
+        now=T0,
+    )
+    ledger.attach_message(row.id, message=MESSAGE, message_id="<bob@x>", subject="s")
+    sender = smtp(smtp_server)
+    (outcome,) = send_due(ledger, {"email": sender}, lambda: T0)
+    sender.close()
+    assert outcome.status == "sent" and smtp_server.handler.messages[0][1] == ["bob@work.example.org"]
+
+
 # -- sending what is due: retries, permanent failures, suppression ------------------------------
 
 

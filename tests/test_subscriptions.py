@@ -61,6 +61,11 @@ def test_an_address_whose_domain_is_not_ascii_is_written_as_mail_servers_take_it
     # The same as the web form makes it (IDNA 2008: "faß" stays "faß", not "fass")
     fass = read_subscription(write(tmp_path, "fass.toml", GOOD.replace("bob@example.org", "bob@faß.de")))
     assert fass.email == check_email("bob@faß.de") == "bob@xn--fa-hia.de"
+    # An ASCII address is taken as written, as it always was (an intranet's .local too)
+    local = read_subscription(
+        write(tmp_path, "jdoe.toml", GOOD.replace("bob@example.org", "JDoe@Corp.local"))
+    )
+    assert local.email == "JDoe@Corp.local"
 
 
 @pytest.mark.parametrize(

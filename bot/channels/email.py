@@ -50,9 +50,10 @@ def _reply_error(code: int, text: bytes | str, what: str) -> DeliveryError:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     message = f"{what}: {code} {text}".strip()
+    plain = TransientError(message) if 400 <= code < 500 else PermanentError(message)
     if code == 530 or _REFUSES_PAPERBOT.search(text):
-        return TransportDown(f"{message}; {_CHECK_SETUP}")
-    return TransientError(message) if 400 <= code < 500 else PermanentError(message)
+        return TransportDown(f"{message}; {_CHECK_SETUP}", per_message=plain)
+    return plain
 
 
 class SmtpSender:
