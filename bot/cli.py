@@ -432,6 +432,7 @@ def run(obj, once, offline, dry_run, backfill):
 
     people = _subscribers_for_run(obj)
     senders = make_senders(obj.settings, people)
+    told_down: set[str] = set()
     try:
         report = run_once(
             store,
@@ -443,7 +444,7 @@ def run(obj, once, offline, dry_run, backfill):
             backfill_days=backfill,
             should_stop=stopping.is_set,
             subscription_errors=obj.subscriptions.errors if Path(obj.subscriptions_dir).is_dir() else (),
-            tell=lambda event: _say(event, senders, dry_run),
+            tell=lambda event: _say(event, senders, dry_run, told_down),
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -460,7 +461,7 @@ def run(obj, once, offline, dry_run, backfill):
         sys.exit(5)
 
 
-def _say(event: str | Skip | Made | Outcome, senders: dict, dry_run: bool) -> None:
+def _say(event: str | Skip | Made | Outcome, senders: dict, dry_run: bool, told_down: set[str]) -> None:
     """One line of `run --once`'s output, as it happens (a run cut short has said what it did)."""
     if isinstance(event, str):
         click.echo(event)
@@ -476,8 +477,9 @@ def _say(event: str | Skip | Made | Outcome, senders: dict, dry_run: bool) -> No
         detail = f": {event.detail}" if event.detail else ""
         count = f"{len(d.paper_ids)} paper{'' if len(d.paper_ids) == 1 else 's'}"
         click.echo(f"{event.status} {d.subscriber_id}/{d.channel} {d.period} ({count}){where}{detail}")
-        if event.status == "down":
-            click.echo(f"no more {d.kind} this run: those due wait, pending, and go once this is fixed")
+        if event.status == "down" and d.kind not in told_down:
+            told_down.add(d.kind)
+            click.echo(f"no {d.kind} goes this run: those due wait, pending, and go once this is fixed")
 
 
 @main.command()

@@ -103,17 +103,18 @@ class Outcome:
 
 class Sending:
     """What one run's sending did so far: the deliveries it tried (each is tried once a run),
-    the kinds it sent something of, the kinds whose transport is down (kind: why), which it
-    sends no more of, and the refusals it has yet to judge.
+    the kinds whose transport is down (kind: why), which it sends no more of, and the
+    refusals it has yet to judge; `owner`, its claims' name in the ledger.
 
-    A server's refusal of paperbot itself ("Relay access denied", "Authentication required")
-    may concern one recipient alone: such refusals are judged when the run's sending ends
-    (`settle`). If anything of that kind went, each was that message's own failure, and is
-    recorded as any failure is; if nothing went, the transport is down."""
+    A server's refusal of paperbot itself at RCPT or DATA ("Relay access denied",
+    "Authentication required") may concern one recipient alone. Such a refusal is judged by
+    what follows: a message of that kind that goes after it makes it that message's own
+    failure, recorded as any is; refusals that nothing follows until the sending ends
+    (`settle`) mean the transport is down. Until judged, the digest stays claimed."""
 
     def __init__(self) -> None:
+        self.owner = _owner()
         self.tried: set[int] = set()
-        self.sent: set[str] = set()
         self.down: dict[str, str] = {}
         self.refused: dict[str, list[tuple[Delivery, TransportDown, int]]] = {}
 
@@ -463,7 +464,6 @@ def send_due(
     a digest twice but in that instant; the records wait for the disk (a power cut) together,
     between messages once `sync_every` seconds have passed, and at the end: not one fsync
     per message."""
-    owner = _owner()
     outcomes: list[Outcome] = []
     own = sending is None  # this call is the run's whole sending: it settles the refusals too
     sending = sending if sending is not None else Sending()
@@ -474,18 +474,22 @@ def send_due(
                 break
             if delivery.id in sending.tried or delivery.kind in sending.down:
                 continue
-            outcome = _send_one(store, senders, delivery, owner, now, policy)
+            outcome = _send_one(store, senders, delivery, sending.owner, now, policy)
             if outcome is None:
                 continue
             sending.tried.add(delivery.id)
-            kind, error = delivery.kind, outcome.error
-            if outcome.status == "sent":
-                sending.sent.add(kind)
-            elif isinstance(error, TransportDown) and error.per_message is not None:
-                sending.refused.setdefault(kind, []).append((delivery, error, delivery.attempts + 1))
-                continue  # told once judged (settle)
-            elif isinstance(error, TransportDown):
-                sending.down[kind] = outcome.detail  # unreachable: no message gets further
+            if outcome.status == "refused":  # judged by what follows: told then
+                sending.refused.setdefault(delivery.kind, []).append(
+                    (delivery, outcome.error, delivery.attempts + 1)
+                )
+                continue
+            if outcome.status == "sent":  # the refusals before it were their messages' own
+                judged = _judge(store, sending, delivery.kind, now, policy, "own")
+                outcomes += judged
+                for each in judged:
+                    on_outcome(each)
+            elif outcome.status == "down":
+                sending.down[delivery.kind] = outcome.detail  # unreachable: no message gets further
             outcomes.append(outcome)
             on_outcome(outcome)
             unsynced = True  # a "sent", and the parts of one, and failures too
@@ -506,24 +510,41 @@ def settle(
     now: Callable[[], datetime],
     policy: RetryPolicy = RetryPolicy(),
     on_outcome: Callable[[Outcome], None] = lambda outcome: None,
+    stopped: bool = False,
 ) -> list[Outcome]:
-    """Judge the refusals of paperbot itself that this run's sending met (see Sending): the
-    outcome of each. Call when the run's sending is over (send_due does, when it is the run)."""
+    """Judge the refusals that no message followed (see Sending): the transport is down. Call
+    when the run's sending is over (send_due does, when it is the whole run). `stopped` (a
+    SIGTERM cut the run short): nothing can be told, so they are let go, due at once."""
     outcomes = []
-    for kind, refusals in sending.refused.items():
-        works = kind in sending.sent
-        if not works:
-            sending.down[kind] = str(refusals[0][1])
-            log.error("cannot send %s now: %s; %d digests wait, pending", kind, refusals[0][1], len(refusals))
-        for delivery, error, attempts in refusals:
-            if works:  # the transport takes others' mail: this refusal was this message's own
-                store.count_attempt(delivery.id)
-                outcome = _record_failure(store, delivery, error.per_message, attempts, now(), policy)
-            else:
-                outcome = Outcome(delivery, "down", str(error), error)
-            outcomes.append(outcome)
-            on_outcome(outcome)
-    sending.refused = {}
+    for kind in list(sending.refused):
+        outcomes += _judge(store, sending, kind, now, policy, "stopped" if stopped else "down")
+    for outcome in outcomes:
+        on_outcome(outcome)
+    return outcomes
+
+
+def _judge(
+    store: Store, sending: Sending, kind: str, now: Callable[[], datetime], policy: RetryPolicy, verdict: str
+) -> list[Outcome]:
+    """Record the refusals of `kind` met so far, by `verdict`: "down" (the transport's: no
+    attempt counted, the kind sends no more this run), "own" (a message went after them: each
+    its own failure) or "stopped" (the run was cut short: due again at once, uncounted)."""
+    refusals = sending.refused.pop(kind, [])
+    if verdict == "down" and refusals:
+        sending.down[kind] = str(refusals[0][1])
+        log.error("cannot send %s now: %s; %d digests wait, pending", kind, refusals[0][1], len(refusals))
+    outcomes = []
+    for delivery, error, attempts in refusals:
+        if verdict == "down":
+            outcome = _record_failure(store, delivery, error, attempts, now(), policy, sending.owner)
+        elif verdict == "own":
+            outcome = _record_failure(
+                store, delivery, error.per_message, attempts, now(), policy, sending.owner
+            )
+        else:
+            store.mark_retry(delivery.id, str(error), now(), counted=False, owner=sending.owner)
+            outcome = Outcome(delivery, "retry", f"{error} (the run stopped before it was judged)", error)
+        outcomes.append(outcome)
     return outcomes
 
 
@@ -557,6 +578,8 @@ def _send_one(
             if len(parts) > 1:
                 store.mark_part_sent(delivery.id, number + 1)
     except DeliveryError as error:
+        if isinstance(error, TransportDown) and error.per_message is not None:
+            return Outcome(delivery, "refused", str(error), error)  # stays claimed: see Sending
         return _record_failure(store, delivery, error, attempts, now(), policy)
     except Exception as error:  # a bug: keep it visible, and keep the others going
         log.exception("sending delivery %d to %s failed unexpectedly", delivery.id, delivery.subscriber_id)
@@ -578,12 +601,20 @@ def _send_one(
 
 
 def _record_failure(
-    store: Store, delivery: Delivery, error: DeliveryError, attempts: int, now: datetime, policy: RetryPolicy
+    store: Store,
+    delivery: Delivery,
+    error: DeliveryError,
+    attempts: int,
+    now: datetime,
+    policy: RetryPolicy,
+    owner: str | None = None,
 ) -> Outcome:
+    """Record a failed send. `owner`: only while that claim still holds the row (a refusal
+    judged later in the run: its lease may have run out, and another process sent it)."""
     if isinstance(error, TransportDown):  # nobody's fault but the setup's: no attempt counted
         when = policy.next_attempt(1, now, None)
-        store.mark_retry(delivery.id, str(error), when, counted=False)
-        if error.per_message is None:  # else said once judged (settle)
+        store.mark_retry(delivery.id, str(error), when, counted=False, owner=owner)
+        if error.per_message is None:  # else said once for all (_judge)
             log.error(
                 "cannot send %s now: %s; the %s digests wait, pending", delivery.kind, error, delivery.kind
             )
@@ -594,7 +625,7 @@ def _record_failure(
         error = PermanentError(f"gave up after {attempts} attempts: {error}")
     if not permanent:
         when = policy.next_attempt(attempts, now, error.retry_after)
-        store.mark_retry(delivery.id, str(error), when)
+        store.mark_retry(delivery.id, str(error), when, owner=owner)
         log.warning(
             "%s digest %s to %s: %s; retrying after %s",
             delivery.kind,
@@ -604,7 +635,9 @@ def _record_failure(
             f"{when:%Y-%m-%d %H:%M} UTC",
         )
         return Outcome(delivery, "retry", str(error))
-    failures = store.mark_failed(delivery.id, str(error))
+    failures = store.mark_failed(delivery.id, str(error), owner=owner)
+    if failures is None:  # another process has it now (see owner)
+        return Outcome(delivery, "busy", "another paperbot process took it over")
     log.error("%s digest %s to %s failed: %s", delivery.kind, delivery.period, delivery.subscriber_id, error)
     if isinstance(error, ChannelGone):
         reason = f"the channel is gone: {error}"

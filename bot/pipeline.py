@@ -514,7 +514,7 @@ def run_once(
 
     # Retries that are due, when there was nothing new to send; then the refusals judged.
     outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
-    outcomes += settle(store, sending, clock, policy, tell)
+    outcomes += settle(store, sending, clock, policy, tell, stopped=should_stop())
     # After sending, so a channel disabled just now is told now; the alert mails go at once.
     # A transport is down when it failed so in this run, up again when it sent; else unknown.
     down = {f"transport {kind}": f"paperbot cannot send {kind}: {why}" for kind, why in sending.down.items()}
@@ -522,7 +522,7 @@ def run_once(
     unknown = {f"transport {kind}" for kind in senders if kind not in sending.down and kind not in sent}
     if check_alerts(store, settings, subscription_errors, clock(), also=down, unknown=unknown):
         outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
-        outcomes += settle(store, sending, clock, policy, tell)
+        outcomes += settle(store, sending, clock, policy, tell, stopped=should_stop())
     return RunReport(fetched, tuple(planned), tuple(skipped), tuple(outcomes), tuple(errors), source_error)
 
 

@@ -906,30 +906,37 @@ class Store:
             conn.execute("update deliveries set parts_sent = ? where id = ?", [parts_sent, delivery_id])
 
     def mark_retry(
-        self, delivery_id: int, error: str, next_attempt_at: datetime, counted: bool = True
+        self,
+        delivery_id: int,
+        error: str,
+        next_attempt_at: datetime,
+        counted: bool = True,
+        owner: str | None = None,
     ) -> None:
         """A transient failure: try again at `next_attempt_at`. Not `counted`: the attempt that
-        claiming counted is taken back (it was not the digest's failure)."""
+        claiming counted is taken back (it was not the digest's failure). With `owner`, only
+        while that claim holds the row."""
+        held, args = _held_by(owner)
         with self._immediate() as conn:
             conn.execute(
                 "update deliveries set state = 'pending', last_error = ?, next_attempt_at = ?,"
-                " claimed_until = null, attempts = attempts - ? where id = ?",
-                [error, format_time(next_attempt_at), 0 if counted else 1, delivery_id],
+                f" claimed_until = null, attempts = attempts - ? where id = ?{held}",
+                [error, format_time(next_attempt_at), 0 if counted else 1, delivery_id, *args],
             )
 
-    def count_attempt(self, delivery_id: int) -> None:
-        """Count an attempt that `mark_retry(counted=False)` took back after all."""
-        with self._immediate() as conn:
-            conn.execute("update deliveries set attempts = attempts + 1 where id = ?", [delivery_id])
-
-    def mark_failed(self, delivery_id: int, error: str) -> int:
+    def mark_failed(self, delivery_id: int, error: str, owner: str | None = None) -> int | None:
         """A permanent failure. Returns how many digests to that subscriber and channel failed
-        permanently since the last one that was sent."""
+        permanently since the last one that was sent; None when `owner`'s claim no longer
+        holds the row (nothing is written then)."""
+        held, args = _held_by(owner)
         with self._immediate() as conn:
-            conn.execute(
-                "update deliveries set state = 'failed', last_error = ?, claimed_until = null where id = ?",
-                [error, delivery_id],
+            cursor = conn.execute(
+                "update deliveries set state = 'failed', last_error = ?, claimed_until = null"
+                f" where id = ?{held}",
+                [error, delivery_id, *args],
             )
+            if cursor.rowcount == 0 and owner is not None:
+                return None
             row = conn.execute(
                 "select subscriber_id, channel from deliveries where id = ?", [delivery_id]
             ).fetchone()
@@ -1169,6 +1176,11 @@ def _claim_new_database(db: sqlite_utils.Database) -> None:
             "it has tables that paperbot did not make: is it a paperbot database? "
             "Give paperbot a file of its own (--db)"
         )
+
+
+def _held_by(owner: str | None) -> tuple[str, list]:
+    """The SQL condition (and its argument) that `owner`'s claim still holds a row."""
+    return ("", []) if owner is None else (" and state = 'sending' and claimed_by = ?", [owner])
 
 
 def open_store(path: str | Path) -> Store:

@@ -374,6 +374,70 @@ def test_a_row_that_kept_an_address_as_its_variable_is_sent_to_the_address(ledge
     assert outcome.status == "sent" and smtp_server.handler.messages[0][1] == ["bob@work.example.org"]
 
 
+RELAY_DENIED = "554 5.7.1 <alice@example.org>: Relay access denied"
+
+
+class MeddlingSender:
+    """An SMTP sender that, as bob's digest goes, lets another paperbot process (a connection
+    of its own, at `other_time`) send what is due through the same server. `clock`: this
+    run's, which `slow` moves on 9 minutes once alice's digest was tried (a slow run)."""
+
+    def __init__(self, ledger, server, other_time: datetime, slow: bool = False):
+        self.inner, self.ledger, self.server = smtp(server), ledger, server
+        self.other_time, self.slow, self.others, self.clock = other_time, slow, [], [T0]
+
+    def send(self, delivery):
+        if delivery.subscriber_id == "alice":
+            try:
+                return self.inner.send(delivery)
+            finally:
+                if self.slow:
+                    self.clock[0] = T0 + timedelta(minutes=9)
+                    self.server.handler.rcpt_replies = {}  # and alice's server takes her mail now
+        with open_store(self.ledger.path) as other:
+            sender = smtp(self.server)
+            self.others = send_due(other, {"email": sender}, lambda: self.other_time)
+            sender.close()
+        return self.inner.send(delivery)
+
+    def close(self):
+        self.inner.close()
+
+
+def test_a_refusal_waiting_to_be_judged_stays_claimed(ledger, smtp_server):
+    """Alice's refusal is judged by what follows: until then her digest stays claimed, so
+    another process sending meanwhile leaves it alone; bob's going makes it her own failure."""
+    reserve(ledger, sid="alice")
+    reserve(ledger, sid="bob")
+    smtp_server.handler.rcpt_replies = {"alice@example.org": RELAY_DENIED}
+    sender = MeddlingSender(ledger, smtp_server, other_time=T0 + timedelta(minutes=1))
+    mine = send_due(ledger, {"email": sender}, lambda: sender.clock[0])
+    sender.close()
+    assert sender.others == []  # nothing it could take
+    assert sorted((o.delivery.subscriber_id, o.status) for o in mine) == [
+        ("alice", "failed"),
+        ("bob", "sent"),
+    ]
+    assert [to for _, to, _ in smtp_server.handler.messages] == [["bob@example.org"]]
+
+
+def test_a_refusal_whose_claim_ran_out_is_not_written_over_what_another_process_did(ledger, smtp_server):
+    """A slow run judges alice's refusal after her claim ran out, and another process sent
+    her digest meanwhile: the judgement writes nothing, and it is not sent again."""
+    alice, _ = reserve(ledger, sid="alice"), reserve(ledger, sid="bob")
+    smtp_server.handler.rcpt_replies = {"alice@example.org": RELAY_DENIED}
+    sender = MeddlingSender(ledger, smtp_server, other_time=T0 + timedelta(minutes=10), slow=True)
+    mine = send_due(ledger, {"email": sender}, lambda: sender.clock[0])
+    sender.close()
+    assert [(o.delivery.subscriber_id, o.status) for o in sender.others] == [("alice", "sent")]
+    assert sorted((o.delivery.subscriber_id, o.status) for o in mine) == [("alice", "busy"), ("bob", "sent")]
+    assert ledger.get_delivery(alice.id).state == "sent"
+    assert sorted(to[0] for _, to, _ in smtp_server.handler.messages) == [
+        "alice@example.org",
+        "bob@example.org",
+    ]
+
+
 # -- sending what is due: retries, permanent failures, suppression ------------------------------
 
 

@@ -575,7 +575,8 @@ def test_a_server_refusing_paperbot_holds_every_digest_and_blames_no_subscriber(
     sender = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
     for hours in range(5):  # more runs than delivery.suppress_after (3) and retries due
         report = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN + timedelta(hours=hours))
-        assert statuses(report) == [(p, "down") for p in PEOPLE], hours
+        # At MAIL FROM it is plainly paperbot that is refused: the run stops at once.
+        assert statuses(report) == [(p, "down") for p in (PEOPLE[:1] if where == "mail" else PEOPLE)], hours
         assert reply.format(who="alice") in report.outcomes[0].detail
     rows = [store.find_delivery(sid, "email", "2026-06-12") for sid in PEOPLE]
     assert [(d.state, d.attempts) for d in rows] == [("pending", 0)] * 3
@@ -602,13 +603,67 @@ def test_a_refusal_of_the_only_digest_due_is_alerted_too(world, smtp_server):
     assert [a["key"] for a in store.open_alerts()] == ["transport email"]
 
 
+def test_a_server_that_refuses_paperbot_from_the_middle_of_a_run_is_down(world, smtp_server):
+    """Alice's digest goes, then the server wants a login for the rest: nothing went after
+    those refusals, so they are the server's, not bob's and carol's: down, uncounted, alerted."""
+    store, folder, settings, _ = world
+    for sid in PEOPLE:
+        subscription(folder, sid)
+    smtp_server.handler.replies = ["250 2.0.0 OK"] + ["530 5.7.0 Authentication required"] * 5
+    sender = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
+    report = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN)
+    sender.close()
+    assert statuses(report) == [("alice", "sent"), ("bob", "down"), ("carol", "down")]
+    assert [
+        (d.state, d.attempts) for d in (store.find_delivery(p, "email", "2026-06-12") for p in PEOPLE)
+    ] == [
+        ("sent", 1),
+        ("pending", 0),
+        ("pending", 0),
+    ]
+    assert [a["key"] for a in store.open_alerts()] == ["transport email"]
+
+
+def test_a_run_stopped_before_it_could_judge_a_refusal_lets_it_go_untold(world, smtp_server):
+    """SIGTERM right after alice's refusal: nothing tells whose it was, so it counts against
+    no one, raises no alert, and her digest is due again at once."""
+    store, folder, settings, _ = world
+    for sid in PEOPLE:
+        subscription(folder, sid)
+    smtp_server.handler.rcpt_replies = {
+        "alice@example.org": "554 5.7.1 <alice@example.org>: Relay access denied"
+    }
+    stop = []
+    inner = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
+
+    class Stopping:  # the SIGTERM arrives while alice's digest is in flight
+        def send(self, delivery):
+            stop.append(True)
+            return inner.send(delivery)
+
+        def close(self):
+            inner.close()
+
+    report = run(
+        store, settings, folder, {"email": Stopping()}, FRIDAY_9AM_BERLIN, should_stop=lambda: bool(stop)
+    )
+    inner.close()
+    assert (
+        statuses(report) == [("alice", "retry")]
+        and "stopped before it was judged" in report.outcomes[0].detail
+    )
+    alice = store.find_delivery("alice", "email", "2026-06-12")
+    assert (alice.state, alice.attempts, alice.next_attempt_at) == ("pending", 0, FRIDAY_9AM_BERLIN)
+    assert store.open_alerts() == []
+
+
 def test_a_refusal_of_one_recipient_is_that_digests_failure_and_holds_up_nobody(world, smtp_server):
     """Replies that read like a refusal of paperbot but concern one recipient (a group that
-    takes mail from its members only; a relay that serves some domains), while the others'
-    mail goes: each is that digest's own failure, counted as any is, and there is no alert.
+    takes mail from its members only; a relay that serves some domains), while mail after
+    them goes: each is that digest's own failure, counted as any is, and there is no alert.
     A recipient unknown "in relay recipient table" is no relay refusal at all."""
     store, folder, settings, _ = world
-    for sid in ("alice", "bob", "carol", "dave"):
+    for sid in ("alice", "bob", "carol", "dave", "erin"):
         subscription(folder, sid)
     smtp_server.handler.rcpt_replies = {
         "alice@example.org": "550 5.7.133 RESOLVER.RST.SenderNotAuthenticatedForGroup;"
@@ -625,6 +680,7 @@ def test_a_refusal_of_one_recipient_is_that_digests_failure_and_holds_up_nobody(
         ("bob", "sent"),
         ("carol", "failed"),
         ("dave", "retry"),
+        ("erin", "sent"),
     ]
     rows = {sid: store.find_delivery(sid, "email", "2026-06-12") for sid in ("alice", "dave")}
     assert [(d.state, d.attempts) for d in rows.values()] == [("failed", 1), ("pending", 1)]

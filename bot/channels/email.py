@@ -131,11 +131,13 @@ class SmtpSender:
             code, text = next(iter(error.recipients.values()))
             raise _reply_error(code, text, f"the server refused {delivery.recipient}") from None
         except smtplib.SMTPSenderRefused as error:
-            # At MAIL FROM: paperbot's login or sender (down), or this message (552: too big).
+            # At MAIL FROM, before any recipient: a refusal of paperbot is one of everybody's
+            # mail (down at once), else this message's (552: too big for it).
             self._reset()
-            raise _reply_error(
+            found = _reply_error(
                 error.smtp_code, error.smtp_error, f"the server refused the sender {self.sender}"
-            ) from None
+            )
+            raise (TransportDown(str(found)) if isinstance(found, TransportDown) else found) from None
         except smtplib.SMTPDataError as error:
             self._reset()
             raise _reply_error(error.smtp_code, error.smtp_error, "the server refused the message") from None
