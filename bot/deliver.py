@@ -54,6 +54,7 @@ __all__ = [
     "plan_digests",
     "rank_matches",
     "reserve_digest",
+    "release",
     "send_due",
     "settle",
 ]
@@ -496,6 +497,10 @@ def send_due(
             if monotonic() - synced >= sync_every:
                 store.sync()
                 synced, unsynced = monotonic(), False
+    except BaseException:
+        if own:
+            release(store, sending, now)
+        raise
     finally:
         if unsynced:
             store.sync()
@@ -530,9 +535,6 @@ def _judge(
     attempt counted, the kind sends no more this run), "own" (a message went after them: each
     its own failure) or "stopped" (the run was cut short: due again at once, uncounted)."""
     refusals = sending.refused.pop(kind, [])
-    if verdict == "down" and refusals:
-        sending.down[kind] = str(refusals[0][1])
-        log.error("cannot send %s now: %s; %d digests wait, pending", kind, refusals[0][1], len(refusals))
     outcomes = []
     for delivery, error, attempts in refusals:
         if verdict == "down":
@@ -541,11 +543,26 @@ def _judge(
             outcome = _record_failure(
                 store, delivery, error.per_message, attempts, now(), policy, sending.owner
             )
-        else:
-            store.mark_retry(delivery.id, str(error), now(), counted=False, owner=sending.owner)
+        elif store.mark_retry(delivery.id, str(error), now(), counted=False, owner=sending.owner):
             outcome = Outcome(delivery, "retry", f"{error} (the run stopped before it was judged)", error)
+        else:
+            outcome = _TAKEN_OVER(delivery)
         outcomes.append(outcome)
+    down = [o for o in outcomes if o.status == "down"]  # not those another process took over
+    if down:
+        sending.down[kind] = down[0].detail
+        log.error("cannot send %s now: %s; %d digests wait, pending", kind, down[0].detail, len(down))
     return outcomes
+
+
+def release(store: Store, sending: Sending, now: Callable[[], datetime]) -> None:
+    """Let go of the refusals not judged yet, uncounted and due at once: for a run that ends
+    by an exception (Ctrl-C, a locked database), so that no digest stays claimed."""
+    for kind in list(sending.refused):
+        try:
+            _judge(store, sending, kind, now, RetryPolicy(), "stopped")
+        except Exception:  # the exception that ends the run is the one to tell
+            log.exception("could not let go of the %s digests held for a judgement", kind)
 
 
 def _send_one(
@@ -600,6 +617,10 @@ def _send_one(
     return Outcome(delivery, "sent")
 
 
+def _TAKEN_OVER(delivery: Delivery) -> Outcome:  # noqa: N802 - reads as the outcome it is
+    return Outcome(delivery, "busy", "its claim ran out, and another paperbot process took it over")
+
+
 def _record_failure(
     store: Store,
     delivery: Delivery,
@@ -613,7 +634,8 @@ def _record_failure(
     judged later in the run: its lease may have run out, and another process sent it)."""
     if isinstance(error, TransportDown):  # nobody's fault but the setup's: no attempt counted
         when = policy.next_attempt(1, now, None)
-        store.mark_retry(delivery.id, str(error), when, counted=False, owner=owner)
+        if not store.mark_retry(delivery.id, str(error), when, counted=False, owner=owner):
+            return _TAKEN_OVER(delivery)
         if error.per_message is None:  # else said once for all (_judge)
             log.error(
                 "cannot send %s now: %s; the %s digests wait, pending", delivery.kind, error, delivery.kind
@@ -625,7 +647,8 @@ def _record_failure(
         error = PermanentError(f"gave up after {attempts} attempts: {error}")
     if not permanent:
         when = policy.next_attempt(attempts, now, error.retry_after)
-        store.mark_retry(delivery.id, str(error), when, owner=owner)
+        if not store.mark_retry(delivery.id, str(error), when, owner=owner):
+            return _TAKEN_OVER(delivery)
         log.warning(
             "%s digest %s to %s: %s; retrying after %s",
             delivery.kind,
@@ -637,7 +660,7 @@ def _record_failure(
         return Outcome(delivery, "retry", str(error))
     failures = store.mark_failed(delivery.id, str(error), owner=owner)
     if failures is None:  # another process has it now (see owner)
-        return Outcome(delivery, "busy", "another paperbot process took it over")
+        return _TAKEN_OVER(delivery)
     log.error("%s digest %s to %s failed: %s", delivery.kind, delivery.period, delivery.subscriber_id, error)
     if isinstance(error, ChannelGone):
         reason = f"the channel is gone: {error}"

@@ -47,6 +47,7 @@ from bot.deliver import (
     finish_interrupted,
     join_parts,
     plan_digests,
+    release,
     reserve_digest,
     send_due,
     settle,
@@ -496,33 +497,41 @@ def run_once(
     # RESERVE_BATCH digests reserved and rendered to a commit, then sent: nothing is sent before
     # it is committed, a crash before that loses only work, which the next run does again, and
     # the first digests leave while the later ones are made (by a helper process in a big run).
-    for batch, ahead in _rendered_batches(plans, mail, settings["run.helper_from"]):
-        made_here = len(planned)
-        with nullcontext() if dry_run else store.batch():
-            for plan, ready in zip(batch, ahead, strict=True):
-                made = _make_one(store, plan, mail, clock, dry_run, errors, ready)
-                if made is not None:
-                    planned.append(made)
-        for made in planned[made_here:]:  # once committed: a run killed before made none of them
-            tell(made)
-        if not dry_run:
-            outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
-        if should_stop():
-            break
-    if dry_run:
-        return RunReport(fetched, tuple(planned), tuple(skipped), (), tuple(errors), source_error)
+    try:
+        for batch, ahead in _rendered_batches(plans, mail, settings["run.helper_from"]):
+            made_here = len(planned)
+            with nullcontext() if dry_run else store.batch():
+                for plan, ready in zip(batch, ahead, strict=True):
+                    made = _make_one(store, plan, mail, clock, dry_run, errors, ready)
+                    if made is not None:
+                        planned.append(made)
+            for made in planned[made_here:]:  # once committed: a run killed before made none of them
+                tell(made)
+            if not dry_run:
+                outcomes += send_due(
+                    store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell
+                )
+            if should_stop():
+                break
+        if dry_run:
+            return RunReport(fetched, tuple(planned), tuple(skipped), (), tuple(errors), source_error)
 
-    # Retries that are due, when there was nothing new to send; then the refusals judged.
-    outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
-    outcomes += settle(store, sending, clock, policy, tell, stopped=should_stop())
-    # After sending, so a channel disabled just now is told now; the alert mails go at once.
-    # A transport is down when it failed so in this run, up again when it sent; else unknown.
-    down = {f"transport {kind}": f"paperbot cannot send {kind}: {why}" for kind, why in sending.down.items()}
-    sent = {o.delivery.kind for o in outcomes if o.status == "sent"}
-    unknown = {f"transport {kind}" for kind in senders if kind not in sending.down and kind not in sent}
-    if check_alerts(store, settings, subscription_errors, clock(), also=down, unknown=unknown):
+        # Retries that are due, when there was nothing new to send; then the refusals judged.
         outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
         outcomes += settle(store, sending, clock, policy, tell, stopped=should_stop())
+        # After sending, so a channel disabled just now is told now; the alert mails go at once.
+        # A transport is down when it failed so in this run, up again when it sent; else unknown.
+        down = {
+            f"transport {kind}": f"paperbot cannot send {kind}: {why}" for kind, why in sending.down.items()
+        }
+        sent = {o.delivery.kind for o in outcomes if o.status == "sent"}
+        unknown = {f"transport {kind}" for kind in senders if kind not in sending.down and kind not in sent}
+        if check_alerts(store, settings, subscription_errors, clock(), also=down, unknown=unknown):
+            outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
+            outcomes += settle(store, sending, clock, policy, tell, stopped=should_stop())
+    except BaseException:  # Ctrl-C, a locked database: no digest stays held for a judgement
+        release(store, sending, clock)
+        raise
     return RunReport(fetched, tuple(planned), tuple(skipped), tuple(outcomes), tuple(errors), source_error)
 
 

@@ -912,16 +912,19 @@ class Store:
         next_attempt_at: datetime,
         counted: bool = True,
         owner: str | None = None,
-    ) -> None:
+    ) -> bool:
         """A transient failure: try again at `next_attempt_at`. Not `counted`: the attempt that
         claiming counted is taken back (it was not the digest's failure). With `owner`, only
-        while that claim holds the row."""
+        while that claim holds the row: False when it no longer does (nothing is written)."""
         held, args = _held_by(owner)
         with self._immediate() as conn:
-            conn.execute(
-                "update deliveries set state = 'pending', last_error = ?, next_attempt_at = ?,"
-                f" claimed_until = null, attempts = attempts - ? where id = ?{held}",
-                [error, format_time(next_attempt_at), 0 if counted else 1, delivery_id, *args],
+            return (
+                conn.execute(
+                    "update deliveries set state = 'pending', last_error = ?, next_attempt_at = ?,"
+                    f" claimed_until = null, attempts = attempts - ? where id = ?{held}",
+                    [error, format_time(next_attempt_at), 0 if counted else 1, delivery_id, *args],
+                ).rowcount
+                == 1
             )
 
     def mark_failed(self, delivery_id: int, error: str, owner: str | None = None) -> int | None:

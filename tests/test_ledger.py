@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bot.channels.email import OutboxSender, SmtpSender
-from bot.deliver import RetryPolicy, send_due
+from bot.deliver import RetryPolicy, Sending, send_due, settle
 from bot.errors import PermanentError, TransientError
 from bot.store import open_store
 
@@ -382,9 +382,15 @@ class MeddlingSender:
     of its own, at `other_time`) send what is due through the same server. `clock`: this
     run's, which `slow` moves on 9 minutes once alice's digest was tried (a slow run)."""
 
-    def __init__(self, ledger, server, other_time: datetime, slow: bool = False):
+    def __init__(self, ledger, server, other_time: datetime, slow: bool = False, at_once: bool = False):
         self.inner, self.ledger, self.server = smtp(server), ledger, server
-        self.other_time, self.slow, self.others, self.clock = other_time, slow, [], [T0]
+        self.other_time, self.slow, self.at_once, self.others, self.clock = (
+            other_time,
+            slow,
+            at_once,
+            [],
+            [T0],
+        )
 
     def send(self, delivery):
         if delivery.subscriber_id == "alice":
@@ -394,11 +400,16 @@ class MeddlingSender:
                 if self.slow:
                     self.clock[0] = T0 + timedelta(minutes=9)
                     self.server.handler.rcpt_replies = {}  # and alice's server takes her mail now
+                if self.at_once:  # the other process runs right after alice's refusal
+                    self.meddle()
+        self.meddle()
+        return self.inner.send(delivery)
+
+    def meddle(self):
         with open_store(self.ledger.path) as other:
             sender = smtp(self.server)
             self.others = send_due(other, {"email": sender}, lambda: self.other_time)
             sender.close()
-        return self.inner.send(delivery)
 
     def close(self):
         self.inner.close()
@@ -436,6 +447,42 @@ def test_a_refusal_whose_claim_ran_out_is_not_written_over_what_another_process_
         "alice@example.org",
         "bob@example.org",
     ]
+
+
+def test_a_transport_is_not_called_down_by_a_refusal_whose_digest_another_process_sent(ledger, smtp_server):
+    """Alice's refusal is the run's last: it would make the transport down, but her claim ran
+    out and another process sent her digest through that very server: not down, no alert."""
+    alice = reserve(ledger, sid="alice")
+    smtp_server.handler.rcpt_replies = {"alice@example.org": RELAY_DENIED}
+    sender = MeddlingSender(
+        ledger, smtp_server, other_time=T0 + timedelta(minutes=10), slow=True, at_once=True
+    )
+    sending = Sending()
+    mine = send_due(ledger, {"email": sender}, lambda: sender.clock[0], sending=sending)
+    mine += settle(ledger, sending, lambda: sender.clock[0])
+    sender.close()
+    assert [(o.delivery.subscriber_id, o.status) for o in mine] == [("alice", "busy")]
+    assert sending.down == {} and ledger.get_delivery(alice.id).state == "sent"
+
+
+def test_a_run_ended_by_an_exception_lets_go_of_the_refusals_it_held(ledger, smtp_server):
+    """Ctrl-C while bob's digest goes, alice's refusal not judged yet: her digest is not left
+    claimed for the lease, with an attempt counted; it is due again at once."""
+    alice, _ = reserve(ledger, sid="alice"), reserve(ledger, sid="bob")
+    smtp_server.handler.rcpt_replies = {"alice@example.org": RELAY_DENIED}
+    inner = smtp(smtp_server)
+
+    class Interrupted:
+        def send(self, delivery):
+            if delivery.subscriber_id == "bob":
+                raise KeyboardInterrupt
+            return inner.send(delivery)
+
+    with pytest.raises(KeyboardInterrupt):
+        send_due(ledger, {"email": Interrupted()}, lambda: T0)
+    inner.close()
+    row = ledger.get_delivery(alice.id)
+    assert (row.state, row.attempts, row.next_attempt_at) == ("pending", 0, T0)
 
 
 # -- sending what is due: retries, permanent failures, suppression ------------------------------
