@@ -534,9 +534,10 @@ def _judge(
     """Record the refusals of `kind` met so far, by `verdict`: "down" (the transport's: no
     attempt counted, the kind sends no more this run), "own" (a message went after them: each
     its own failure) or "stopped" (the run was cut short: due again at once, uncounted)."""
-    refusals = sending.refused.pop(kind, [])
+    refusals = sending.refused.get(kind, [])
     outcomes = []
-    for delivery, error, attempts in refusals:
+    while refusals:  # each let go of once written: an exception leaves the rest to `release`
+        delivery, error, attempts = refusals[0]
         if verdict == "down":
             outcome = _record_failure(store, delivery, error, attempts, now(), policy, sending.owner)
         elif verdict == "own":
@@ -547,7 +548,9 @@ def _judge(
             outcome = Outcome(delivery, "retry", f"{error} (the run stopped before it was judged)", error)
         else:
             outcome = _TAKEN_OVER(delivery)
+        refusals.pop(0)
         outcomes.append(outcome)
+    sending.refused.pop(kind, None)
     down = [o for o in outcomes if o.status == "down"]  # not those another process took over
     if down:
         sending.down[kind] = down[0].detail

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bot.channels.email import OutboxSender, SmtpSender
-from bot.deliver import RetryPolicy, Sending, send_due, settle
+from bot.deliver import RetryPolicy, Sending, release, send_due, settle
 from bot.errors import PermanentError, TransientError
 from bot.store import open_store
 
@@ -483,6 +483,31 @@ def test_a_run_ended_by_an_exception_lets_go_of_the_refusals_it_held(ledger, smt
     inner.close()
     row = ledger.get_delivery(alice.id)
     assert (row.state, row.attempts, row.next_attempt_at) == ("pending", 0, T0)
+
+
+def test_refusals_a_failed_judgement_did_not_write_are_still_let_go(ledger, smtp_server, monkeypatch):
+    """The database is locked as the run judges its refusals: those not written yet are
+    still there for `release`, which lets them go, so no digest stays claimed."""
+    import sqlite3
+
+    rows = [reserve(ledger, sid=sid) for sid in ("alice", "carol")]
+    smtp_server.handler.rcpt_replies = {f"{p}@example.org": RELAY_DENIED for p in ("alice", "carol")}
+    sender, sending = smtp(smtp_server), Sending()
+    send_due(ledger, {"email": sender}, lambda: T0, sending=sending)
+    sender.close()
+    real = ledger.mark_retry
+
+    def locked(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(ledger, "mark_retry", locked)
+    with pytest.raises(sqlite3.OperationalError):
+        settle(ledger, sending, lambda: T0)
+    monkeypatch.setattr(ledger, "mark_retry", real)
+    release(ledger, sending, lambda: T0)
+    assert [(d.state, d.attempts) for d in map(ledger.get_delivery, (r.id for r in rows))] == [
+        ("pending", 0)
+    ] * 2
 
 
 # -- sending what is due: retries, permanent failures, suppression ------------------------------
