@@ -457,7 +457,7 @@ def run(obj, once, offline, dry_run, backfill):
         sys.exit(STOPPED)
     if report.source_error is not None:
         sys.exit(report.source_error.exit_code)
-    if report.errors or any(o.status in ("failed", "retry", "down") for o in report.outcomes):
+    if report.troubled:
         sys.exit(5)
 
 

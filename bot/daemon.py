@@ -175,9 +175,7 @@ class Daemon:
                     )
                     if report.source_error is not None:
                         status = f"fetch failed: {report.source_error}"
-                    elif report.errors or any(
-                        o.status in ("failed", "retry", "down") for o in report.outcomes
-                    ):
+                    elif report.troubled:
                         status = "some sends failed"
                     if fetch:
                         log.info("%s", report.fetched)

@@ -119,6 +119,16 @@ class Sending:
         self.down: dict[str, str] = {}
         self.refused: dict[str, list[tuple[Delivery, TransportDown, int]]] = {}
 
+    def transport_problems(
+        self, kinds: Iterable[str], outcomes: Iterable[Outcome]
+    ) -> tuple[dict[str, str], set[str]]:
+        """The operator's alerts about transports, by key: those down in this run, and those
+        it cannot tell about (a kind is up again only once something of it went)."""
+        down = {f"transport {kind}": f"paperbot cannot send {kind}: {why}" for kind, why in self.down.items()}
+        sent = {o.delivery.kind for o in outcomes if o.status == "sent"}
+        unknown = {f"transport {kind}" for kind in kinds if kind not in self.down and kind not in sent}
+        return down, unknown
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -547,7 +557,7 @@ def _judge(
         elif store.mark_retry(delivery.id, str(error), now(), counted=False, owner=sending.owner):
             outcome = Outcome(delivery, "retry", f"{error} (the run stopped before it was judged)", error)
         else:
-            outcome = _TAKEN_OVER(delivery)
+            outcome = _taken_over(delivery)
         refusals.pop(0)
         outcomes.append(outcome)
     sending.refused.pop(kind, None)
@@ -620,7 +630,7 @@ def _send_one(
     return Outcome(delivery, "sent")
 
 
-def _TAKEN_OVER(delivery: Delivery) -> Outcome:  # noqa: N802 - reads as the outcome it is
+def _taken_over(delivery: Delivery) -> Outcome:
     return Outcome(delivery, "busy", "its claim ran out, and another paperbot process took it over")
 
 
@@ -638,7 +648,7 @@ def _record_failure(
     if isinstance(error, TransportDown):  # nobody's fault but the setup's: no attempt counted
         when = policy.next_attempt(1, now, None)
         if not store.mark_retry(delivery.id, str(error), when, counted=False, owner=owner):
-            return _TAKEN_OVER(delivery)
+            return _taken_over(delivery)
         if error.per_message is None:  # else said once for all (_judge)
             log.error(
                 "cannot send %s now: %s; the %s digests wait, pending", delivery.kind, error, delivery.kind
@@ -651,7 +661,7 @@ def _record_failure(
     if not permanent:
         when = policy.next_attempt(attempts, now, error.retry_after)
         if not store.mark_retry(delivery.id, str(error), when, owner=owner):
-            return _TAKEN_OVER(delivery)
+            return _taken_over(delivery)
         log.warning(
             "%s digest %s to %s: %s; retrying after %s",
             delivery.kind,
@@ -663,7 +673,7 @@ def _record_failure(
         return Outcome(delivery, "retry", str(error))
     failures = store.mark_failed(delivery.id, str(error), owner=owner)
     if failures is None:  # another process has it now (see owner)
-        return _TAKEN_OVER(delivery)
+        return _taken_over(delivery)
     log.error("%s digest %s to %s failed: %s", delivery.kind, delivery.period, delivery.subscriber_id, error)
     if isinstance(error, ChannelGone):
         reason = f"the channel is gone: {error}"

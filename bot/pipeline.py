@@ -434,6 +434,11 @@ class RunReport:
     errors: tuple[str, ...]  # subscribers whose digest could not be made, and why
     source_error: SourceError | None = None
 
+    @property
+    def troubled(self) -> bool:
+        """Whether a digest could not be made, or a send failed, must be retried, or could not go."""
+        return bool(self.errors) or any(o.status in ("failed", "retry", "down") for o in self.outcomes)
+
 
 def run_once(
     store: Store,
@@ -520,12 +525,7 @@ def run_once(
         outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
         outcomes += settle(store, sending, clock, policy, tell, stopped=should_stop())
         # After sending, so a channel disabled just now is told now; the alert mails go at once.
-        # A transport is down when it failed so in this run, up again when it sent; else unknown.
-        down = {
-            f"transport {kind}": f"paperbot cannot send {kind}: {why}" for kind, why in sending.down.items()
-        }
-        sent = {o.delivery.kind for o in outcomes if o.status == "sent"}
-        unknown = {f"transport {kind}" for kind in senders if kind not in sending.down and kind not in sent}
+        down, unknown = sending.transport_problems(senders.keys(), outcomes)
         if check_alerts(store, settings, subscription_errors, clock(), also=down, unknown=unknown):
             outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
             outcomes += settle(store, sending, clock, policy, tell, stopped=should_stop())

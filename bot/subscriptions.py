@@ -153,9 +153,7 @@ def _channels(source: _File, table: dict, email: str | None) -> tuple[Channel, .
             what = 'to = "you@example.org"' if kind == "email" else 'url = "${MY_HOOK_URL}"'
             raise source.error(key, f"missing the address: write {what}", line)
         if kind == "email" and not _ENV_REF.search(target):
-            if not _EMAIL.match(target):
-                raise source.error(key, f"{target!r} is not an email address", line)
-            target = _ascii_address(source, key, target, line)
+            target = _address(source, key, target, line)
         if kind != "email" and not _ENV_REF.fullmatch(target.strip()):
             raise source.error(
                 key,
@@ -189,8 +187,10 @@ def mail_address(address: str, strict: bool = False) -> str:
     return found.ascii_email or found.normalized
 
 
-def _ascii_address(source: _File, key: str, address: str, line: int | None) -> str:
-    """mail_address, its error naming the file and the key."""
+def _address(source: _File, key: str, address: str, line: int | None) -> str:
+    """A file's address, checked, as mail_address writes it; its error names the file and key."""
+    if not _EMAIL.match(address):
+        raise source.error(key, f"{address!r} is not an email address", line)
     try:
         return mail_address(address)
     except ValueError as error:
@@ -290,9 +290,7 @@ def read_subscription(path: str | Path) -> Subscriber:
     _check_keys(source, data, _TOP, "")
     email = data.get("email")
     if email is not None:
-        if not _EMAIL.match(email):
-            raise source.error("email", f"{email!r} is not an email address", source.line_of("email"))
-        email = _ascii_address(source, "email", email, source.line_of("email"))
+        email = _address(source, "email", email, source.line_of("email"))
     zone = data.get("timezone", "UTC")
     try:
         ZoneInfo(zone)

@@ -41,6 +41,15 @@ def subscription(folder: Path, sid: str, query: str = "attention", **top) -> Pat
     return path
 
 
+def subscribed(tmp_path: Path, names: list[str]) -> Path:
+    """A subscriptions folder holding a file for each of `names`, watching "attention"."""
+    folder = tmp_path / "subscriptions"
+    folder.mkdir()
+    for sid in names:
+        subscription(folder, sid)
+    return folder
+
+
 def settings_for(make_settings, **values):
     return make_settings(**values)
 
@@ -436,10 +445,7 @@ def test_a_helper_that_dies_mid_run_loses_no_digest(tmp_path):
     """The helper renders two digests to a batch, a few batches ahead of the sending, and dies
     (as the OOM killer would kill it) in its third batch, while the first is sent: the run
     finds it dead, sends what it made, renders the rest itself, and every digest is sent, once."""
-    folder = tmp_path / "subscriptions"
-    folder.mkdir()
-    for number in range(12):
-        subscription(folder, f"p{number:02}")
+    folder = subscribed(tmp_path, [f"p{n:02}" for n in range(12)])
     outcomes, errors, log = run_alone(tmp_path, "out", folder, batch=2, die=["p04"], run_helper_from=2)
     assert "rendering 12 digests in a helper process" in log
     assert "the helper process failed" in log and not errors
@@ -449,10 +455,7 @@ def test_a_helper_that_dies_mid_run_loses_no_digest(tmp_path):
 
 @NEEDS_TWO_CPUS
 def test_a_stuck_helper_is_killed_and_its_digests_made_here(tmp_path):
-    folder = tmp_path / "subscriptions"
-    folder.mkdir()
-    for number in range(4):
-        subscription(folder, f"p{number}")
+    folder = subscribed(tmp_path, [f"p{n}" for n in range(4)])
     outcomes, errors, log = run_alone(
         tmp_path, "out", folder, batch=1, hang=["p2"], patience=1, run_helper_from=2
     )
@@ -465,10 +468,7 @@ def test_a_stuck_helper_is_killed_and_its_digests_made_here(tmp_path):
 def test_a_killed_run_takes_its_helper_with_it(tmp_path):
     """`kill -9` of a run leaves no helper behind, rendering on for nobody and holding the
     database and the log open."""
-    folder = tmp_path / "subscriptions"
-    folder.mkdir()
-    for number in range(4):
-        subscription(folder, f"p{number}")
+    folder = subscribed(tmp_path, [f"p{n}" for n in range(4)])
     command = alone_command(tmp_path, "out", folder, batch=1, hang=["p2"], run_helper_from=2)
     with subprocess.Popen(**command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as parent:
         pid_file = tmp_path / "helper.pid"
@@ -500,10 +500,7 @@ def alive(pid: int) -> bool:
 
 @NEEDS_TWO_CPUS
 def test_a_digest_the_helper_cannot_render_is_reported_and_holds_up_nobody(tmp_path):
-    folder = tmp_path / "subscriptions"
-    folder.mkdir()
-    for number in range(6):
-        subscription(folder, f"p{number}")
+    folder = subscribed(tmp_path, [f"p{n}" for n in range(6)])
     outcomes, errors, log = run_alone(tmp_path, "out", folder, batch=4, broken=["p1"], run_helper_from=2)
     assert "rendering 6 digests in a helper process" in log and "helper process failed" not in log
     assert errors == ["p1/email: p1's template broke"]
@@ -524,7 +521,7 @@ def test_a_run_tries_each_delivery_once_however_many_batches_it_sends(
     for sid in ("alice", "bob", "carol", "dave"):
         subscription(folder, sid)
     smtp_server.handler.rcpt_replies["bob@example.org"] = "451 4.7.1 greylisted"
-    sender = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
+    sender = smtp_sender(smtp_server)
     report = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN)
     assert statuses(report) == [
         ("alice", "sent"),
@@ -572,7 +569,7 @@ def test_a_server_refusing_paperbot_holds_every_digest_and_blames_no_subscriber(
         subscription(folder, sid)
     where, reply = REFUSALS[refusal]
     refuse(smtp_server.handler, where, reply)
-    sender = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
+    sender = smtp_sender(smtp_server)
     for hours in range(5):  # more runs than delivery.suppress_after (3) and retries due
         report = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN + timedelta(hours=hours))
         # At MAIL FROM it is plainly paperbot that is refused: the run stops at once.
@@ -596,7 +593,7 @@ def test_a_refusal_of_the_only_digest_due_is_alerted_too(world, smtp_server):
     store, folder, settings, _ = world
     subscription(folder, "alice")
     smtp_server.handler.mail_reply = "530 5.7.0 Authentication required"
-    sender = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
+    sender = smtp_sender(smtp_server)
     report = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN)
     sender.close()
     assert statuses(report) == [("alice", "down")]
@@ -610,7 +607,7 @@ def test_a_server_that_refuses_paperbot_from_the_middle_of_a_run_is_down(world, 
     for sid in PEOPLE:
         subscription(folder, sid)
     smtp_server.handler.replies = ["250 2.0.0 OK"] + ["530 5.7.0 Authentication required"] * 5
-    sender = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
+    sender = smtp_sender(smtp_server)
     report = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN)
     sender.close()
     assert statuses(report) == [("alice", "sent"), ("bob", "down"), ("carol", "down")]
@@ -634,7 +631,7 @@ def test_a_run_stopped_before_it_could_judge_a_refusal_lets_it_go_untold(world, 
         "alice@example.org": "554 5.7.1 <alice@example.org>: Relay access denied"
     }
     stop = []
-    inner = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
+    inner = smtp_sender(smtp_server)
 
     class Stopping:  # the SIGTERM arrives while alice's digest is in flight
         def send(self, delivery):
@@ -672,7 +669,7 @@ def test_a_refusal_of_one_recipient_is_that_digests_failure_and_holds_up_nobody(
         "User unknown in relay recipient table",
         "dave@example.org": "454 4.7.1 <dave@example.org>: Relay access denied",
     }
-    sender = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
+    sender = smtp_sender(smtp_server)
     report = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN)
     sender.close()
     assert sorted(statuses(report)) == [
@@ -711,7 +708,7 @@ def test_an_address_from_the_environment_is_the_one_mail_goes_to(world, smtp_ser
         '[[watch]]\nname = "w"\nquery = "attention"\n'
     )
     monkeypatch.setenv("BOB_WORK_MAIL", "bob@wörk.example")
-    sender = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
+    sender = smtp_sender(smtp_server)
     report = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN)
     sender.close()
     assert statuses(report) == [("bob", "sent")]
@@ -725,7 +722,7 @@ def test_smtp_delivery_with_a_greylisting_server(world, smtp_server):
     for sid in ("alice", "bob", "carol"):
         subscription(folder, sid)
     smtp_server.handler.replies = ["250 ok", "451 4.7.1 greylisted", "550 5.1.1 no such user"]
-    sender = SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
+    sender = smtp_sender(smtp_server)
     first = run(store, settings, folder, {"email": sender}, FRIDAY_9AM_BERLIN)
     assert statuses(first) == [
         ("alice", "sent"),
@@ -785,6 +782,11 @@ def test_the_quick_start_leaves_a_real_email_in_the_outbox_and_sends_it_once(tmp
     assert len(list((tmp_path / "outbox").iterdir())) == 2
 
 
+def smtp_sender(smtp_server) -> SmtpSender:
+    """paperbot's SMTP sender, to the test's server (plain, no login)."""
+    return SmtpSender(host="127.0.0.1", port=smtp_server.port, sender="papers@example.org", security="none")
+
+
 def smtp_env(smtp_server, **more: str) -> dict[str, str]:
     """The environment of a paperbot sending through the test's SMTP server (plain, no login)."""
     return {
@@ -799,10 +801,7 @@ def smtp_env(smtp_server, **more: str) -> dict[str, str]:
 def run_sending_slowly(tmp_path: Path, smtp_server, people: list[str]) -> tuple[subprocess.Popen, dict]:
     """`paperbot run --once` sending the digests of `people` to a server that takes 0.3 s a
     message, once two have arrived; and its environment, for the next run."""
-    folder = tmp_path / "subscriptions"
-    folder.mkdir()
-    for sid in people:
-        subscription(folder, sid)
+    subscribed(tmp_path, people)
     env = smtp_env(smtp_server, PAPERBOT_DB=str(tmp_path / "paperbot.db"))
     smtp_server.handler.delay = 0.3
     running = paperbot(tmp_path, "run", "--once", "--offline", env=env)

@@ -132,14 +132,8 @@ class SmtpSender:
             raise _reply_error(code, text, f"the server refused {delivery.recipient}") from None
         except smtplib.SMTPHeloError as error:  # paperbot itself refused, before any message
             self._drop()
-            reply = (
-                error.smtp_error.decode("utf-8", "replace")
-                if isinstance(error.smtp_error, bytes)
-                else error.smtp_error
-            )
-            raise TransportDown(
-                f"the server refused paperbot's greeting: {error.smtp_code} {reply}"
-            ) from None
+            found = _reply_error(error.smtp_code, error.smtp_error, "the server refused paperbot's greeting")
+            raise TransportDown(str(found)) from None
         except smtplib.SMTPSenderRefused as error:
             # At MAIL FROM, before any recipient: a refusal of paperbot is one of everybody's
             # mail (down at once), else this message's (552: too big for it).
