@@ -270,6 +270,8 @@ def _text_part(subtype: str, parts: tuple[tuple[str, bool], ...]) -> bytes:
     run: list[str] = []
     shared = True
     for piece, piece_shared in parts:
+        if not piece:
+            continue  # else it would join the shared piece after it, encoded anew in every digest
         run.append(piece)
         shared = shared and piece_shared
         if piece.endswith("\n"):
@@ -285,15 +287,16 @@ def _text_part(subtype: str, parts: tuple[tuple[str, bool], ...]) -> bytes:
 
 
 def _encoded(text: str) -> bytes:
-    """Quoted-printable with CRLF line ends, lines of at most 76 characters (checked)."""
-    body = text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
-    encoded = binascii.b2a_qp(body, istext=True)
+    """Quoted-printable with CRLF line ends, lines of at most 76 characters. By construction: with
+    every CR gone first, b2a_qp ends each line it writes in LF alone, and breaks a line before 76
+    characters (tests check whole messages)."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
     # A line starting "From " is rewritten ">From " by mailers that store mbox files: encode its F.
     if b"From " in encoded:
         encoded = _FROM_LINE.sub(b"=46rom ", encoded)
-    encoded = encoded.replace(b"\n", b"\r\n")
-    _check_lines(encoded)
-    return encoded
+    return encoded.replace(b"\n", b"\r\n")
 
 
 @lru_cache(maxsize=8192)
