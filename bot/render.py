@@ -458,6 +458,50 @@ def _tidy_text(text: str) -> str:
     return text.strip("\n") + "\n"
 
 
+@dataclass(frozen=True, slots=True)
+class _Tidied:
+    """Whole lines of a digest's text as _tidy_text leaves them: from the first line that holds
+    anything to the last (`core`, "" if none does), and whether blank lines came before and
+    after it. Tidying a text made of such stretches is tidying each (see _joined_tidy)."""
+
+    before: bool
+    core: str
+    after: bool
+
+
+def _tidied(text: str) -> _Tidied:
+    lines = [line.rstrip() for line in text.splitlines()]
+    if not any(lines):
+        return _Tidied(bool(lines), "", bool(lines))
+    return _Tidied(not lines[0], _tidy_text(text), not lines[-1])
+
+
+def _joined_tidy(stretches: Iterable[tuple[_Tidied, bool]]) -> tuple[tuple[str, bool], ...]:
+    """_tidy_text of the stretches' texts joined, each of which ends its last line (but the last
+    stretch may not), as (piece, shared) parts: the cores of the shared stretches are the very
+    strings every digest holds; the rest, made per digest, joined between them."""
+    parts: list[tuple[str, bool]] = []
+    run: list[str] = []
+    blank = False
+    for tidied, shared in stretches:
+        blank = blank or tidied.before
+        if not tidied.core:
+            continue
+        if blank and (run or parts):
+            run.append("\n")  # one blank line where any number were
+        if shared:
+            if run:
+                parts.append(("".join(run), False))
+                run = []
+            parts.append((tidied.core, True))
+        else:
+            run.append(tidied.core)
+        blank = tidied.after
+    if run:
+        parts.append(("".join(run), False))
+    return tuple(parts) if parts else (("\n", False),)
+
+
 # -- cards: rendered once, shared by every digest that shows them -------------------------------
 
 
@@ -468,9 +512,11 @@ class _CardParts:
 
     card: PaperCard  # of rank 0
     html: str
-    text_ranked: str  # from the start to the end of the last line holding the rank
-    text_rest: str
-    text_shared: str  # text_rest as it reads in a tidied digest (see _tidy_text)
+    html_size: int  # bytes as the mail carries it: UTF-8, CRLF line ends
+    text: str  # as card.txt.j2 renders it
+    text_ranked: _Tidied  # from the start to the end of the last line holding the rank
+    text_rest: _Tidied
+    text_whole: bool  # the text ends its last line: digests join it tidied (else tidy it whole)
 
 
 class _RankMark(int):
@@ -498,9 +544,21 @@ def _rendered_card(environment: jinja2.Environment, card: PaperCard) -> _CardPar
     text = environment.get_template("card.txt.j2").render(p=dataclasses.replace(card, rank=_RankMark(0)))
     at = text.rfind(_RANK)
     cut = 0 if at < 0 else (text.find("\n", at) + 1 or len(text))
-    rest = text[cut:]
-    shared = _tidy_text(rest) if rest.strip() else ""
-    return _CardParts(card, _card_html(environment, card), text[:cut], rest, shared)
+    html = _card_html(environment, card)
+    return _CardParts(
+        card,
+        html,
+        _html_size(html),
+        text,
+        _tidied(text[:cut]),
+        _tidied(text[cut:]),
+        not text or text.endswith("\n"),
+    )
+
+
+def _html_size(text: str) -> int:
+    """The size of `text` as the mail program decodes it: UTF-8, each line ending in CRLF."""
+    return (len(text) if text.isascii() else len(text.encode("utf-8"))) + text.count("\n")
 
 
 def _card_html(environment: jinja2.Environment, card: PaperCard) -> str:
@@ -814,44 +872,57 @@ def render_digest(digest: Digest, environment: jinja2.Environment | None = None)
         last = html_parts[-1][0].rstrip() + "\n"
         if last != html_parts[-1][0]:
             html_parts[-1] = (last, False)
-        # As the mail program decodes it: UTF-8, each line ending in CRLF.
-        size = sum(
-            (len(text) if text.isascii() else len(text.encode("utf-8"))) + text.count("\n")
-            for text, _ in html_parts
-        )
+        # As the mail program decodes it (see _html_size): each card's measured when it was made.
+        end = at + shown
+        size = sum(part.html_size for part in parts[:shown])
+        size += sum(_html_size(text) for text, _ in html_parts[:at] + html_parts[end:])
+        if shown and end == len(html_parts):  # the page ends with the last card, its end trimmed
+            size += _html_size(html_parts[-1][0]) - parts[shown - 1].html_size
         if size <= MAX_HTML_BYTES or shown == 0:
             break
         # Too big for Gmail: drop the lowest-ranked papers into "and N more" and try again.
         shown = max(0, min(shown - 1, shown * MAX_HTML_BYTES // size))
-    cards_text = "".join(
-        part.text_ranked.replace(_RANK, str(rank)) + part.text_rest
-        for rank, part in enumerate(parts[:shown], 1)
-    )
-    text = _tidy_text(environment.get_template("digest.txt.j2").render(values, cards=cards_text))
     return RenderedDigest(
         subject=subject,
         shown=shown,
         html_parts=tuple(html_parts),
-        text_parts=_cut_at_shared(text, [part.text_shared for part in parts[:shown]]),
+        text_parts=_text_parts(environment, values, parts[:shown]),
     )
 
 
-def _cut_at_shared(text: str, shared: Sequence[str]) -> tuple[tuple[str, bool], ...]:
-    """`text` cut into (piece, shared) at the pieces of `shared` it holds, in order, where each
-    begins and ends a line: those are the very strings other digests hold too (bot.message
-    encodes each of them once). The pieces always join to `text`."""
-    pieces: list[tuple[str, bool]] = []
-    at = 0
-    for piece in shared:
-        if not piece.endswith("\n"):
-            continue
-        found = text.find(piece, at)
-        if found < 0 or (found and text[found - 1] != "\n"):
-            continue
-        if found > at:
-            pieces.append((text[at:found], False))
-        pieces.append((piece, True))
-        at = found + len(piece)
-    if at < len(text):
-        pieces.append((text[at:], False))
-    return tuple(pieces)
+_CARDS_TEXT_HERE = f"\ue003{secrets.token_hex(8)}\ue003"  # unguessable, as _RANK
+
+
+def _text_parts(environment: jinja2.Environment, values: dict, parts: Sequence[_CardParts]) -> tuple:
+    """The plain text (digest.txt.j2 with the cards' text in place, tidied) in (piece, shared)
+    parts: the frame is tidied, the cards were when they were made, and where they meet is
+    joined as tidying the whole would (see _joined_tidy). A template whose cards do not stand
+    on lines of their own is rendered and tidied whole."""
+    template = environment.get_template("digest.txt.j2")
+    if _prints_cards_as_they_are(environment) and all(part.text_whole for part in parts):
+        frame = template.render(values, cards=_CARDS_TEXT_HERE)
+        before, here, after = frame.partition(_CARDS_TEXT_HERE)
+        if here and (not before or before.endswith("\n")) and _CARDS_TEXT_HERE not in after:
+            stretches = [(_tidied(before), False)]
+            for rank, part in enumerate(parts, 1):
+                ranked = part.text_ranked
+                if _RANK in ranked.core:
+                    ranked = _Tidied(ranked.before, ranked.core.replace(_RANK, str(rank)), ranked.after)
+                stretches += ((ranked, False), (part.text_rest, True))
+            stretches.append((_tidied(after), False))
+            return _joined_tidy(stretches)
+    cards = "".join(part.text.replace(_RANK, str(rank)) for rank, part in enumerate(parts, 1))
+    return ((_tidy_text(template.render(values, cards=cards)), False),)
+
+
+@lru_cache(maxsize=8)
+def _prints_cards_as_they_are(environment: jinja2.Environment, name: str = "digest.txt.j2") -> bool:
+    """Whether template `name` uses `cards` only as `{{ cards }}`: no filter, no block that
+    transforms what it prints, nothing included; so what it prints around them is all it adds."""
+    if environment.loader is None:
+        return False
+    tree = environment.parse(environment.loader.get_source(environment, name)[0])
+    if any(True for kind in (*_TRANSFORMING, *_USING) for _ in tree.find_all(kind)):
+        return False
+    printed = {id(node) for output in tree.find_all(jinja2.nodes.Output) for node in output.nodes}
+    return all(id(node) in printed for node in tree.find_all(jinja2.nodes.Name) if node.name == "cards")

@@ -118,6 +118,30 @@ def inlined_whole(digest, environment) -> str:
     return _inliner().inline(page).rstrip() + "\n"
 
 
+def text_whole(digest, environment) -> str:
+    """The plain text as rendering it whole makes it: digest.txt.j2 with every card's text in
+    place, tidied at once (render_digest tidies each card once, and the frame around them)."""
+    from bot.render import _tidy_text, paper_card
+
+    rendered = render_digest(digest, environment)
+    cards = [paper_card(match, rank) for rank, match in enumerate(digest.matches[: rendered.shown], 1)]
+    subscriber = digest.subscriber
+    text = environment.get_template("digest.txt.j2").render(
+        digest=digest,
+        subscriber=subscriber,
+        schedule=subscriber.schedule.text,
+        papers=cards,
+        shown=len(cards),
+        total=digest.total,
+        more=digest.total - len(cards),
+        watch_count=len(subscriber.watches),
+        generated_local=digest.generated_at.astimezone(ZoneInfo(subscriber.timezone)),
+        subject=rendered.subject,
+        cards="".join(environment.get_template("card.txt.j2").render(p=card) for card in cards),
+    )
+    return _tidy_text(text)
+
+
 def test_cards_inlined_one_by_one_make_the_page_that_inlining_it_whole_makes(tmp_path):
     """Every paper of the real capture, in digests of several sizes, with highlights in titles,
     snippets, authors and organizations, rising reasons, and a card shared by two digests."""
@@ -138,9 +162,52 @@ def test_cards_inlined_one_by_one_make_the_page_that_inlining_it_whole_makes(tmp
     checked = 0
     for size in (1, 7, len(papers)):
         digest = digest_of(bob, papers[:size], upvotes_before={p.id: 0 for p in papers})
-        assert render_digest(digest, environment).html == inlined_whole(digest, environment)
+        rendered = render_digest(digest, environment)
+        assert rendered.html == inlined_whole(digest, environment)
+        assert rendered.text == text_whole(digest, environment)
         checked += len(digest.matches)
     assert checked > 30
+    assert any(shared for _, shared in rendered.text_parts), "the cards' text is shared"
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda frame, card: (frame, card), "   https://huggingface.co/papers/"),
+        (
+            lambda frame, card: (frame.replace("{{ cards }}", "{{ cards | indent(2) }}"), card),
+            "\n     https://",
+        ),
+        (lambda frame, card: (frame.replace("\n{{ cards }}", "Papers: {{ cards }}"), card), "Papers:\n1. "),
+        (lambda frame, card: (frame, card + "   (end of {{ p.rank }})"), "(end of 1)\n2. "),
+        (
+            lambda frame, card: (frame, card.replace("\n{{ p.rank }}. ", "{{ p.rank }}. ") + "\n \n\n"),
+            "\n\n2. ",
+        ),
+    ],
+    ids=["as shipped", "cards indented", "cards after text", "card ends mid-line", "blank lines after"],
+)
+def test_the_text_made_of_tidied_cards_is_the_text_tidied_whole(tmp_path, edit, expected):
+    """The plain text is tidied per card once, and per digest only around the cards: it must
+    read as tidying the whole text would, for the templates as shipped and as someone may edit
+    them (a template that transforms or misplaces the cards is rendered and tidied whole)."""
+    import shutil
+
+    folder = tmp_path / "templates"
+    shutil.copytree(templates_dir(), folder)
+    frame, card = folder / "digest.txt.j2", folder / "card.txt.j2"
+    edited = edit(frame.read_text(encoding="utf-8"), card.read_text(encoding="utf-8"))
+    frame.write_text(edited[0], encoding="utf-8")
+    card.write_text(edited[1], encoding="utf-8")
+    environment = make_environment(folder)
+    watches = '[[watch]]\nname = "models"\nquery = "model* OR agent*"\n'
+    bob = subscriber_with(tmp_path, watches, max_papers=5)
+    papers = capture_papers()
+    for size in (0, 1, len(papers)):
+        digest = digest_of(bob, papers[:size])
+        text = render_digest(digest, environment).text
+        assert text == text_whole(digest, environment)
+    assert digest.total > 5 and expected in text
 
 
 @pytest.mark.parametrize(
