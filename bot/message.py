@@ -163,19 +163,19 @@ def email_data(
     subscriber = digest.subscriber
     # The token of the https link (bot.message.digest_links made it): the same in both.
     unsubscribe_token = digest.unsubscribe_url.rpartition("/")[2]
-    mailto = f"mailto:{settings.unsubscribe_address}?subject={quote('unsubscribe ' + unsubscribe_token)}"
+    mailto = f"mailto:{settings.unsubscribe_address}?subject=unsubscribe%20{quote(unsubscribe_token)}"
     identity = message_id(digest.identity, settings.domain)
     # A boundary from the identity, not random: a retried send is the same bytes. "=_" never
     # occurs in quoted-printable text, so the boundary cannot collide with a body line.
     boundary = "=_" + identity[1:].split("@", 1)[0]
-    sender_name, sender_address = _parsed(settings.sender)
+    sender, list_id = _run_headers(settings.sender, settings.list_header)
     headers = [
-        _header("From", _address(sender_name, sender_address)),
+        sender,
         _header("To", _address(subscriber.name, _recipient(digest, to))),
         _header("Subject", _text(rendered.subject, "Subject")),
-        _header("Date", format_datetime(digest.generated_at.astimezone(UTC))),
+        _date_header(digest.generated_at),
         _header("Message-ID", identity),
-        _header("List-Id", _list_id(settings.list_header)),
+        list_id,
         # Folded only between its URLs: an encoded word or a break inside a URL is read by no client.
         _header("List-Unsubscribe", f"<{mailto}>,\r\n <{digest.unsubscribe_url}>"),
         _header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
@@ -198,6 +198,18 @@ def email_data(
         ]
     )
     return data
+
+
+@lru_cache(maxsize=16)
+def _run_headers(sender: str, list_header: str) -> tuple[str, str]:
+    """The From and List-Id headers: the same in every digest of a run, made once."""
+    return _header("From", _address(*_parsed(sender))), _header("List-Id", _list_id(list_header))
+
+
+@lru_cache(maxsize=64)
+def _date_header(moment: datetime) -> str:
+    """The Date header: a run's digests mostly share their time (the end of their window)."""
+    return _header("Date", format_datetime(moment.astimezone(UTC)))
 
 
 def _header(name: str, value: str) -> str:

@@ -254,20 +254,24 @@ def _patterns(hits: Iterable) -> list[tuple[str, ...] | str]:
     for hit in hits:
         if hit.field not in _SNIPPET_FIELDS:
             continue
-        if hit.term.endswith("*"):
-            found[normalize(hit.term[:-1])] = None
-        else:
-            words = tuple(term for term, _, _, _ in scan(hit.term))
-            if words:
-                found[words] = None
+        pattern = _pattern(hit.term)
+        if pattern:
+            found[pattern] = None
     return list(found)
+
+
+@lru_cache(maxsize=_CARDS_CACHED)
+def _pattern(term: str) -> tuple[str, ...] | str:
+    if term.endswith("*"):
+        return normalize(term[:-1])
+    return tuple(word for word, _, _, _ in scan(term))
 
 
 def _find_again(text: str, patterns: Sequence[tuple[str, ...] | str]) -> list[tuple[int, int]]:
     """Where the query words are in `text`, folded as the query language folds them."""
     if not patterns:
         return []
-    tokens = _scanned(text)
+    tokens, terms = _scanned(text)
     spans = []
     for pattern in patterns:
         if isinstance(pattern, str):
@@ -277,17 +281,25 @@ def _find_again(text: str, patterns: Sequence[tuple[str, ...] | str]) -> list[tu
                 if term.startswith(pattern) or plain.startswith(pattern)
             )
             continue
-        width = len(pattern)
-        for i in range(len(tokens) - width + 1):
-            if all(tokens[i + k][0] == pattern[k] for k in range(width)):
-                spans.append((tokens[i][2], tokens[i + width - 1][3]))
+        width, first = len(pattern), pattern[0]
+        last_start = len(terms) - width
+        at = -1
+        while True:
+            try:
+                at = terms.index(first, at + 1, last_start + 1)
+            except ValueError:
+                break
+            if width == 1 or terms[at : at + width] == list(pattern):
+                spans.append((tokens[at][2], tokens[at + width - 1][3]))
     return spans
 
 
 @lru_cache(maxsize=_CARDS_CACHED)
-def _scanned(text: str) -> list:
-    """The words of a snippet (bot.words.scan), once per snippet however many cards show it."""
-    return scan(text)
+def _scanned(text: str) -> tuple[list, list[str]]:
+    """The words of a snippet (bot.words.scan) and their folded terms, once per snippet however
+    many cards show it."""
+    tokens = scan(text)
+    return tokens, [token[0] for token in tokens]
 
 
 def _snippet(paper: Paper) -> tuple[str, bool]:
@@ -612,7 +624,7 @@ def prepare_cards(matches: Iterable[Match], environment: jinja2.Environment | No
 
 def forget_cards() -> None:
     """Drop every card and page layout kept rendered (a benchmark of a cold start calls this)."""
-    for cache in (_card_of, _card_parts, _rendered_card, _scanned, _segments_of, _authors_marked):
+    for cache in (_card_of, _card_parts, _rendered_card, _scanned, _segments_of, _authors_marked, _pattern):
         cache.cache_clear()
     _LAYOUTS.clear()
     _PREPARED.clear()
