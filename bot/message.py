@@ -54,7 +54,12 @@ __all__ = [
 
 MAX_LINE = 998  # RFC 5322: a line longer than this (without its CRLF) is refused by real servers
 _ADDRESS = re.compile(r'[^@\s<>,;:"()\[\]\\]+@[^@\s<>,;:"()\[\]\\]+')
-_FROM_LINE = re.compile(rb"^From ", re.M)
+# A body line starting "From " is rewritten ">From " by mailers that store mbox files, and one
+# starting "." must be doubled on the wire (SMTP's dot-stuffing, a pass over every byte): the
+# quoted-printable encoder writes their first character as =46 or =2E, so neither occurs.
+_GUARDED_START = re.compile(rb"^(?:From |\.)", re.M)
+_QP_LINE = 76  # RFC 2045 6.7: an encoded line is at most 76 characters
+_QP_TOKEN = re.compile(rb"=[0-9A-F]{2}|.", re.S)
 _WORD_BYTES = 42  # "=?utf-8?b?" + base64 of 42 bytes (56) + "?=": 68 characters (RFC 2047: 75)
 
 
@@ -305,10 +310,26 @@ def _encoded(text: str) -> bytes:
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
-    # A line starting "From " is rewritten ">From " by mailers that store mbox files: encode its F.
-    if b"From " in encoded:
-        encoded = _FROM_LINE.sub(b"=46rom ", encoded)
+    if encoded.startswith((b".", b"From ")) or b"\n." in encoded or b"\nFrom " in encoded:
+        encoded = b"\n".join([_guarded(line) for line in encoded.split(b"\n")])
     return encoded.replace(b"\n", b"\r\n")
+
+
+def _guarded(line: bytes) -> bytes:
+    """An encoded line whose first character is written =2E ("." ) or =46 ("From "), cut with a
+    soft line break where that makes it longer than 76 characters (its rest guarded too)."""
+    if not _GUARDED_START.match(line):
+        return line
+    line = b"=%02X" % line[0] + line[1:]
+    if len(line) <= _QP_LINE:
+        return line
+    # Cut after the last whole character (a literal, or an =XX escape) that leaves room for "=".
+    cut = 0
+    for token in _QP_TOKEN.finditer(line):
+        if token.end() > _QP_LINE - 1:
+            break
+        cut = token.end()
+    return line[:cut] + b"=\n" + _guarded(line[cut:])
 
 
 @lru_cache(maxsize=8192)

@@ -197,6 +197,19 @@ def test_smtp_sends_the_stored_bytes_over_one_connection(ledger, smtp_server):
 
 
 @BOTH_SERVERS
+def test_smtp_doubles_a_leading_dot_so_the_message_arrives_as_stored(ledger, smtp_server):
+    """paperbot's own messages have no line starting with "." (bot.message writes it =2E), but
+    a message stored by an earlier version may: SMTP's dot-stuffing must keep it whole."""
+    dotted = MESSAGE.replace(b"hello\r\n", b".hidden{color:red}\r\n.\r\n..\r\nhello.\r\n.")
+    delivery = reserve_row(ledger)
+    ledger.attach_message(delivery.id, message=dotted, message_id="<dots@x>", subject="s")
+    sender = smtp(smtp_server)
+    sender.send(ledger.get_delivery(delivery.id))
+    sender.close()
+    assert smtp_server.handler.messages[0][2] == dotted + b"\r\n"  # the last line ended for DATA
+
+
+@BOTH_SERVERS
 @pytest.mark.parametrize(
     ("reply", "error", "says"),
     [

@@ -242,18 +242,33 @@ def test_an_email_encoded_piece_by_piece_is_the_email_encoded_whole(tmp_path):
         assert email_data(digest, rendered, SETTINGS) == email_data(digest, whole, SETTINGS)
 
 
-def test_a_body_line_starting_with_from_is_encoded():
-    """mbox-storing mailers rewrite a line starting "From " as ">From ": its F is sent as =46."""
+@pytest.mark.parametrize(
+    "lines",
+    [
+        "From the lab\nFrom here\n",
+        ".hidden\n..\n.\n",
+        "." + "a" * 200 + "\n",  # a 76-character encoded line, longer once its "." is =2E
+        "From " + "b" * 74 + ".\n",
+        ".é" + "é" * 40 + "\n",  # a cut that must not split an =C3=A9
+        ("x" * 75 + ".") * 3 + "\n",  # soft line breaks before a "."
+    ],
+    ids=["From", "dots", "long dot", "long From", "escapes", "soft breaks"],
+)
+def test_a_body_line_starting_with_from_or_a_dot_is_encoded(lines):
+    """mbox-storing mailers rewrite a line starting "From " as ">From ", and SMTP doubles a
+    leading "." (a pass over every byte of every message): their first character goes as =46
+    or =2E, every encoded line still at most 76 characters, and the text reads as it was."""
     digest = alice_digest()
     rendered = render_digest(digest)
-    rendered = dataclasses.replace(
-        rendered, text_parts=(("From the lab\nFrom here\n", False), *rendered.text_parts)
-    )
+    rendered = dataclasses.replace(rendered, text_parts=((lines, False), *rendered.text_parts))
     data = email_data(digest, rendered, SETTINGS)
-    assert not re.search(rb"^From ", data.split(b"\r\n\r\n", 1)[1], re.M)
+    body = data.split(b"\r\n\r\n", 1)[1]
+    assert not re.search(rb"^(From |\.)", body, re.M)  # the HTML's style sheet has ".head{" lines too
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76
     message = email.message_from_bytes(data, policy=email.policy.default)
     text = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
-    assert text.startswith("From the lab\nFrom here\n")
+    assert text.startswith(lines)
+    assert message.get_body(("html",)).get_content().replace("\r\n", "\n") == rendered.html
 
 
 # -- recipient and settings ------------------------------------------------------------------
