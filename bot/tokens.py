@@ -25,6 +25,8 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode
+from itsdangerous.url_safe import URLSafeSerializerMixin
 
 from bot.errors import BotError, SettingsError
 
@@ -93,7 +95,17 @@ def _serializer(
 def _made_serializer(
     secrets: tuple[str, ...], purpose: str, signer: type[TimestampSigner]
 ) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(list(secrets), salt=_SALT_PREFIX + purpose, signer=signer)
+    return _Serializer(list(secrets), salt=_SALT_PREFIX + purpose, signer=signer)
+
+
+class _Serializer(URLSafeTimedSerializer):
+    """itsdangerous's URL-safe timed serializer, but its payload is never zlib-compressed: a
+    subscriber id and a period are too short for it to shrink them, and trying took longer
+    than the signing (a run signs three links a digest). A compressed token, as an earlier
+    paperbot might have made for a long repetitive id, still reads."""
+
+    def dump_payload(self, obj) -> bytes:
+        return base64_encode(super(URLSafeSerializerMixin, self).dump_payload(obj))
 
 
 def make_token(

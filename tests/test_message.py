@@ -394,3 +394,17 @@ def test_secrets_rotate_oldest_first():
     assert read_token("new", "unsubscribe", new_token, now=NOW) == "example-alice"
     with pytest.raises(TokenError):
         read_token("new", "unsubscribe", old_token, now=NOW)
+
+
+def test_a_token_with_a_long_repetitive_id_reads_back_and_a_compressed_one_still_reads():
+    """Tokens are not compressed (too short to gain), but one made compressed, as itsdangerous
+    does by default when it is shorter, is read as well."""
+    from itsdangerous import URLSafeTimedSerializer
+
+    long_id = "lab-" + "a" * 300
+    token = make_token(SECRET, "manage", long_id, now=NOW)
+    assert not token.startswith(".") and len(token) > 400  # not compressed
+    assert read_token(SECRET, "manage", token, now=NOW) == long_id
+    compressed = URLSafeTimedSerializer(SECRET, salt="paperbot.manage").dumps([long_id])
+    assert compressed.startswith(".") and len(compressed) < 100
+    assert read_token(SECRET, "manage", compressed) == long_id
