@@ -178,7 +178,7 @@ def email_data(
         sender,
         _header("To", _address(subscriber.name, _recipient(digest, to))),
         _header("Subject", _text(rendered.subject, "Subject")),
-        _date_header(digest.generated_at),
+        _date_header(digest.generated_at.astimezone(UTC)),
         _header("Message-ID", identity),
         list_id,
         # Folded only between its URLs: an encoded word or a break inside a URL is read by no client.
@@ -213,8 +213,9 @@ def _run_headers(sender: str, list_header: str) -> tuple[str, str]:
 
 @lru_cache(maxsize=64)
 def _date_header(moment: datetime) -> str:
-    """The Date header: a run's digests mostly share their time (the end of their window)."""
-    return _header("Date", format_datetime(moment.astimezone(UTC)))
+    """The Date header of a UTC time: a run's digests mostly share theirs (the end of their
+    window). UTC, as a local time's two sides of a DST fold are equal keys an hour apart."""
+    return _header("Date", format_datetime(moment))
 
 
 def _header(name: str, value: str) -> str:
@@ -304,9 +305,9 @@ def _text_part(subtype: str, parts: tuple[tuple[str, bool], ...]) -> bytes:
 
 
 def _encoded(text: str) -> bytes:
-    """Quoted-printable with CRLF line ends, lines of at most 76 characters. By construction: with
-    every CR gone first, b2a_qp ends each line it writes in LF alone, and breaks a line before 76
-    characters (tests check whole messages)."""
+    """Quoted-printable with CRLF line ends, by construction: with every CR gone first, b2a_qp
+    ends each line it writes in LF alone. Its lines are at most 76 characters (77 where it
+    encodes a space ending a full line as =20: far under SMTP's 998)."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)

@@ -929,12 +929,26 @@ def _text_parts(environment: jinja2.Environment, values: dict, parts: Sequence[_
 
 @lru_cache(maxsize=8)
 def _prints_cards_as_they_are(environment: jinja2.Environment, name: str = "digest.txt.j2") -> bool:
-    """Whether template `name` uses `cards` only as `{{ cards }}`: no filter, no block that
-    transforms what it prints, nothing included; so what it prints around them is all it adds."""
+    """Whether template `name` uses `cards` only as `{{ cards }}`, printed as it is: at the top
+    level or in an {% if %}, never in a filter, a block (which may be printed again through
+    one), an {% autoescape %}, a loop, a macro or an assignment; and includes nothing. So what
+    it prints around the cards is all it adds to them."""
     if environment.loader is None:
         return False
     tree = environment.parse(environment.loader.get_source(environment, name)[0])
     if any(True for kind in (*_TRANSFORMING, *_USING) for _ in tree.find_all(kind)):
         return False
-    printed = {id(node) for output in tree.find_all(jinja2.nodes.Output) for node in output.nodes}
-    return all(id(node) in printed for node in tree.find_all(jinja2.nodes.Name) if node.name == "cards")
+
+    def plain(node: jinja2.nodes.Node, path_is_plain: bool) -> bool:
+        for child in node.iter_child_nodes():
+            if isinstance(child, jinja2.nodes.Name) and child.name == "cards":
+                if not (path_is_plain and isinstance(node, jinja2.nodes.Output)):
+                    return False
+            elif not plain(child, path_is_plain and isinstance(child, _PLAIN_NODES)):
+                return False
+        return True
+
+    return plain(tree, True)
+
+
+_PLAIN_NODES = (jinja2.nodes.Output, jinja2.nodes.If)  # what may stand between the template and {{ cards }}

@@ -144,6 +144,18 @@ def test_message_id_follows_the_digest_identity(tmp_path):
     assert later["Message-ID"] == same
 
 
+def test_the_date_is_the_digests_time_on_either_side_of_a_dst_fold():
+    """02:30 in Berlin on 25 Oct 2026 happens twice; each digest says its own UTC time (the
+    two are equal as keys, which a cache of Date headers must not confuse)."""
+    from zoneinfo import ZoneInfo
+
+    first = datetime(2026, 10, 25, 2, 30, tzinfo=ZoneInfo("Europe/Berlin"))
+    _, before = sent(alice_digest(first))
+    _, after = sent(alice_digest(first.replace(fold=1)))
+    assert before["Date"] == "Sun, 25 Oct 2026 00:30:00 +0000"
+    assert after["Date"] == "Sun, 25 Oct 2026 01:30:00 +0000"
+
+
 def test_bytes_have_crlf_line_ends_and_no_line_over_998(tmp_path):
     subscriber = bob(tmp_path, max_papers=200)
     long_word = "Supercalifragilistic" * 60  # 1,200 letters with no space to fold at

@@ -184,8 +184,34 @@ def test_cards_inlined_one_by_one_make_the_page_that_inlining_it_whole_makes(tmp
             lambda frame, card: (frame, card.replace("\n{{ p.rank }}. ", "{{ p.rank }}. ") + "\n \n\n"),
             "\n\n2. ",
         ),
+        (
+            lambda frame, card: (
+                frame.replace("{{ cards }}", "{% autoescape true %}{{ cards }}{% endautoescape %}"),
+                card.replace("{{ marked(p.title) }}", "{{ marked(p.title) }} <{{ p.rank }}> &"),
+            ),
+            "&lt;1&gt; &amp;",
+        ),
+        (
+            lambda frame, card: (
+                frame.replace(
+                    "{{ cards }}",
+                    "{% if false %}{% block c %}{{ cards }}{% endblock %}{% endif %}"
+                    "{{ self.c() | indent(2) }}",
+                ),
+                card,
+            ),
+            "\n     https://",
+        ),
     ],
-    ids=["as shipped", "cards indented", "cards after text", "card ends mid-line", "blank lines after"],
+    ids=[
+        "as shipped",
+        "cards indented",
+        "cards after text",
+        "card ends mid-line",
+        "blank lines after",
+        "cards escaped",
+        "a block filtered",
+    ],
 )
 def test_the_text_made_of_tidied_cards_is_the_text_tidied_whole(tmp_path, edit, expected):
     """The plain text is tidied per card once, and per digest only around the cards: it must
