@@ -437,7 +437,6 @@ def make_environment(directory: Path | str | None = None) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
-        finalize=_finalize,  # a no-op, but while a frame's skeleton is made (see _frame_html)
         auto_reload=False,  # the templates do not change while paperbot runs: no stat() per render
     )
 
@@ -445,6 +444,14 @@ def make_environment(directory: Path | str | None = None) -> jinja2.Environment:
 @lru_cache(maxsize=1)
 def _default_environment() -> jinja2.Environment:
     return make_environment()
+
+
+@lru_cache(maxsize=8)
+def _recording_environment(environment: jinja2.Environment) -> jinja2.Environment:
+    """`environment` whose printed values pass through _finalize, so that a frame's skeleton can
+    be made (see _frame_parts): only the frame's template, as a finalize is a call for every
+    value every template prints."""
+    return environment.overlay(finalize=_finalize)
 
 
 @lru_cache(maxsize=1)
@@ -803,7 +810,7 @@ def _fillable(environment: jinja2.Environment, name: str = "digest.html.j2") -> 
 def _frame_parts(environment: jinja2.Environment, values: dict) -> list:
     """The frame of a digest, CSS-inlined (through its layout's skeleton when it has one), in
     parts: (text, shared), and None where the cards go."""
-    frame = environment.get_template("digest.html.j2")
+    frame = _recording_environment(environment).get_template("digest.html.j2")
     if not _fillable(environment):
         return _whole_frame(frame, values)
     printed: list = []
