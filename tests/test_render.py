@@ -97,49 +97,43 @@ def test_example_alice_digest_matches_its_golden_files():
 def inlined_whole(digest, environment) -> str:
     """The HTML as inlining the whole page would make it: the frame with every card rendered
     in place, then CSS-inlined at once (render_digest inlines each card once, and the frame)."""
-    from bot.render import _inliner, paper_card
+    from bot.render import _inliner
 
-    cards = [paper_card(match, rank) for rank, match in enumerate(digest.matches, 1)]
+    cards, values = whole_values(digest, environment)
     rows = "".join(environment.get_template("card.html.j2").render(p=card) for card in cards)
-    subscriber = digest.subscriber
-    page = environment.get_template("digest.html.j2").render(
-        digest=digest,
-        subscriber=subscriber,
-        schedule=subscriber.schedule.text,
-        papers=cards,
-        shown=len(cards),
-        total=digest.total,
-        more=digest.total - len(cards),
-        watch_count=len(subscriber.watches),
-        generated_local=digest.generated_at.astimezone(ZoneInfo(subscriber.timezone)),
-        subject=render_digest(digest, environment).subject,
-        cards=rows,
-    )
+    page = environment.get_template("digest.html.j2").render(values, cards=rows)
     return _inliner().inline(page).rstrip() + "\n"
 
 
 def text_whole(digest, environment) -> str:
     """The plain text as rendering it whole makes it: digest.txt.j2 with every card's text in
     place, tidied at once (render_digest tidies each card once, and the frame around them)."""
-    from bot.render import _tidy_text, paper_card
+    from bot.render import _tidy_text
+
+    cards, values = whole_values(digest, environment)
+    text = "".join(environment.get_template("card.txt.j2").render(p=card) for card in cards)
+    return _tidy_text(environment.get_template("digest.txt.j2").render(values, cards=text))
+
+
+def whole_values(digest, environment) -> tuple[list, dict]:
+    """The cards render_digest shows, ranked, and what the frame templates are given."""
+    from bot.render import paper_card
 
     rendered = render_digest(digest, environment)
     cards = [paper_card(match, rank) for rank, match in enumerate(digest.matches[: rendered.shown], 1)]
     subscriber = digest.subscriber
-    text = environment.get_template("digest.txt.j2").render(
-        digest=digest,
-        subscriber=subscriber,
-        schedule=subscriber.schedule.text,
-        papers=cards,
-        shown=len(cards),
-        total=digest.total,
-        more=digest.total - len(cards),
-        watch_count=len(subscriber.watches),
-        generated_local=digest.generated_at.astimezone(ZoneInfo(subscriber.timezone)),
-        subject=rendered.subject,
-        cards="".join(environment.get_template("card.txt.j2").render(p=card) for card in cards),
-    )
-    return _tidy_text(text)
+    return cards, {
+        "digest": digest,
+        "subscriber": subscriber,
+        "schedule": subscriber.schedule.text,
+        "papers": cards,
+        "shown": len(cards),
+        "total": digest.total,
+        "more": digest.total - len(cards),
+        "watch_count": len(subscriber.watches),
+        "generated_local": digest.generated_at.astimezone(ZoneInfo(subscriber.timezone)),
+        "subject": rendered.subject,
+    }
 
 
 def test_cards_inlined_one_by_one_make_the_page_that_inlining_it_whole_makes(tmp_path):
