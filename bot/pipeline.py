@@ -539,7 +539,7 @@ def _left_to_alerts(
     digests: list[DigestPlan], alerts: list[DigestPlan]
 ) -> tuple[list[DigestPlan], list[Skip]]:
     """The instant alerts without the papers that a digest of the same run shows on the same
-    channel (the digest is made first, and a paper reaches a channel once); an alert left with
+    channel (the digest has them, and a paper reaches a channel once); an alert left with
     no paper is not sent, and its papers wait for no later alert (they are in the digest)."""
     shown: dict[tuple[str, str], set[str]] = {}
     for plan in digests:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import email
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -467,8 +466,8 @@ def test_while_the_helper_is_behind_the_run_renders_the_last_batches_itself(tmp_
     alone, _, _ = run_alone(tmp_path, "alone", folder, batch=2, run_helper_from=0)
     shared, errors, log = run_alone(tmp_path, "shared", folder, batch=2, slow=0.2, run_helper_from=2)
     assert not errors and "the helper process failed" not in log
-    made_here = int(re.search(r"this process (\d+)", log).group(1))
-    assert 0 < made_here < 6, log
+    # The helper is given 4 batches at once; the other 2 are made here while it renders its first.
+    assert "this process 2 " in log, log
     assert shared[:2] == [["p10", "sent"], ["p11", "sent"]]  # the last batch, made here at once
     assert sorted(shared) == alone == [[f"p{n:02}", "sent"] for n in range(12)]
     mine, its = (sorted((tmp_path / name).iterdir()) for name in ("alone", "shared"))
