@@ -41,7 +41,7 @@ from bot.match import Match, WatchIndex, match_papers
 from bot.models import Channel, Subscriber
 from bot.schedule import Period, due_period
 from bot.store import Delivery, Store
-from bot.subscriptions import mail_address
+from bot.subscriptions import ENV_REF, mail_address
 
 __all__ = [
     "DigestPlan",
@@ -62,8 +62,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SYNC_EVERY = 0.1  # seconds of sending between two waits for the disk (see send_due)
-
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +213,7 @@ def plan_digests(
                 continue
             unset = [
                 name
-                for name in _ENV_REF.findall(f"{channel.target} {channel.secret or ''}")
+                for name in ENV_REF.findall(f"{channel.target} {channel.secret or ''}")
                 if not os.environ.get(name)
             ]
             if unset:  # not set up on this machine (e.g. the example's Slack): say so, send the rest
@@ -340,7 +338,7 @@ def expand_target(target: str, environ: Mapping[str, str] | None = None) -> str:
             )
         return environ[name]
 
-    return _ENV_REF.sub(value, target)
+    return ENV_REF.sub(value, target)
 
 
 def email_recipient(target: str) -> str:

@@ -625,7 +625,7 @@ def _rendered_batches(
     batches = [plans[start : start + RESERVE_BATCH] for start in range(0, len(plans), RESERVE_BATCH)]
     started = _start_helper(plans, mail) if helper_from and len(plans) >= helper_from else None
     if started is None:
-        prepare_cards(m for plan in plans for m in plan.matches[: plan.subscriber.max_papers])
+        _prepare_cards_of(plans)
         for batch in batches:
             yield batch, [None] * len(batch)
         return
@@ -655,7 +655,7 @@ def _rendered_batches(
                         os.kill(pid, signal.SIGKILL)
                 log.warning("the helper process failed (%s): rendering the rest here", error)
                 rest = [p for batch in batches[number:back] for p in batch]
-                prepare_cards(m for plan in rest for m in plan.matches[: plan.subscriber.max_papers])
+                _prepare_cards_of(rest)
                 for batch in batches[number:back]:
                     here += 1
                     yield batch, [None] * len(batch)
@@ -664,7 +664,7 @@ def _rendered_batches(
                 back -= 1
                 here += 1
                 batch = batches[back]
-                prepare_cards(m for plan in batch for m in plan.matches[: plan.subscriber.max_papers])
+                _prepare_cards_of(batch)
                 yield batch, [None] * len(batch)
             else:
                 yield batches[number], ready
@@ -677,6 +677,11 @@ def _rendered_batches(
             here,
             waited,
         )
+
+
+def _prepare_cards_of(plans: list[DigestPlan]) -> None:
+    """Make at once the cards of the papers `plans` show (see bot.render.prepare_cards)."""
+    prepare_cards(m for plan in plans for m in plan.matches[: plan.subscriber.max_papers])
 
 
 def _start_helper(plans: list[DigestPlan], mail: MessageSettings) -> tuple[ProcessPoolExecutor, int] | None:
@@ -728,7 +733,7 @@ def _render_batch(start: int, stop: int) -> list[_Ready | None]:
     assert _helper_work is not None, "a helper renders only what it inherited"
     plans, mail = _helper_work
     batch = plans[start:stop]
-    prepare_cards(m for plan in batch for m in plan.matches[: plan.subscriber.max_papers])
+    _prepare_cards_of(batch)
     ready: list[_Ready | None] = []
     for plan in batch:
         shown = plan.matches[: plan.subscriber.max_papers]

@@ -21,7 +21,7 @@ from bot.models import Channel, Subscriber, Watch
 from bot.query import parse_query
 from bot.schedule import parse_schedule
 
-__all__ = ["LoadedSubscriptions", "load_subscriptions", "mail_address", "read_subscription"]
+__all__ = ["ENV_REF", "LoadedSubscriptions", "load_subscriptions", "mail_address", "read_subscription"]
 
 _TOP = {
     "name": str,
@@ -49,7 +49,7 @@ _WATCH = {
     "search": bool,
 }
 _CHANNEL_KINDS = ("email", "slack", "webhook", "apprise")
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # a ${VAR} in a channel's target or secret
 # One plain address: no list, no display name, no quoting (a comma would make the To header two).
 _EMAIL = re.compile(r'^[^@\s<>,;:"()\[\]\\]+@[^@\s<>,;:"()\[\]\\]+\.[^@\s<>,;:"()\[\]\\]+$')
 _TYPE_NAMES = {
@@ -152,9 +152,9 @@ def _channels(source: _File, table: dict, email: str | None) -> tuple[Channel, .
         if not isinstance(target, str) or not target.strip():
             what = 'to = "you@example.org"' if kind == "email" else 'url = "${MY_HOOK_URL}"'
             raise source.error(key, f"missing the address: write {what}", line)
-        if kind == "email" and not _ENV_REF.search(target):
+        if kind == "email" and not ENV_REF.search(target):
             target = _address(source, key, target, line)
-        if kind != "email" and not _ENV_REF.fullmatch(target.strip()):
+        if kind != "email" and not ENV_REF.fullmatch(target.strip()):
             raise source.error(
                 key,
                 'a webhook URL is a secret: do not write it here; write url = "${MY_HOOK_URL}" '
@@ -162,7 +162,7 @@ def _channels(source: _File, table: dict, email: str | None) -> tuple[Channel, .
                 line,
             )
         secret = spec.get("secret")
-        if secret is not None and not (isinstance(secret, str) and _ENV_REF.fullmatch(secret.strip())):
+        if secret is not None and not (isinstance(secret, str) and ENV_REF.fullmatch(secret.strip())):
             raise source.error(
                 f"{key}.secret", 'secrets come from the environment: write secret = "${MY_SECRET}"', line
             )
