@@ -317,7 +317,7 @@ def _encoded(text: str) -> bytes:
 
 
 def _guarded(line: bytes) -> bytes:
-    """An encoded line whose first character is written =2E ("." ) or =46 ("From "), cut with a
+    """An encoded line whose first character is written =2E (".") or =46 ("From "), cut with a
     soft line break where that makes it longer than 76 characters (its rest guarded too)."""
     if not _GUARDED_START.match(line):
         return line
