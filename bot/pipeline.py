@@ -539,7 +539,7 @@ def _left_to_alerts(
     digests: list[DigestPlan], alerts: list[DigestPlan]
 ) -> tuple[list[DigestPlan], list[Skip]]:
     """The instant alerts without the papers that a digest of the same run shows on the same
-    channel (the digest has them, and a paper reaches a channel once); an alert left with
+    channel (the digest is made first, and a paper reaches a channel once); an alert left with
     no paper is not sent, and its papers wait for no later alert (they are in the digest)."""
     shown: dict[tuple[str, str], set[str]] = {}
     for plan in digests:
@@ -589,8 +589,7 @@ def _make_one(
 # Rendering takes more CPU than anything else in a run, and a run of thousands of digests can
 # render on a second core while this process reserves and sends. The helper is forked, so it
 # has the plans without their being copied (pickling them cost a third of rendering them); it
-# renders batch after batch, a few ahead, and returns the bytes; while it is behind, the run
-# renders batches from the back itself. Only where forking is safe:
+# renders batch after batch, a few ahead, and returns the bytes. Only where forking is safe:
 # on Linux, from a process with one thread (`paperbot run --once`; the daemon's runs are on a
 # scheduler thread and render in-process), and with two CPUs or more. Should the helper die,
 # the run renders the rest itself; a digest the helper could not make is made here again, to
@@ -618,10 +617,7 @@ def _rendered_batches(
     plans: list[DigestPlan], mail: MessageSettings, helper_from: int
 ) -> Iterator[tuple[list[DigestPlan], list[_Ready | None]]]:
     """`plans` in batches of RESERVE_BATCH, each with the messages a helper rendered for it
-    (None for each, rendered by the caller, when there is no helper). While the helper is
-    still busy with the next batch, the caller renders the last batch the helper was not given
-    yet, rather than wait: the helper works from the front, the caller from the back, and the
-    last batches come first out of the back."""
+    (None for each, rendered by the caller, when there is no helper)."""
     batches = [plans[start : start + RESERVE_BATCH] for start in range(0, len(plans), RESERVE_BATCH)]
     started = _start_helper(plans, mail) if helper_from and len(plans) >= helper_from else None
     if started is None:
@@ -632,51 +628,31 @@ def _rendered_batches(
     helper, pid = started
     log.info("rendering %d digests in a helper process", len(plans))
     waited = 0.0
-    number, given, back = 0, 0, len(batches)  # the helper has batches[:given]; here, batches[back:]
-    here = 0  # batches rendered here
     try:
         futures: deque = deque()
-        while number < back:
+        for number in range(len(batches)):
             try:
-                while len(futures) < HELPER_AHEAD and given < back:
-                    at = given * RESERVE_BATCH
+                while len(futures) < HELPER_AHEAD and number + len(futures) < len(batches):
+                    at = (number + len(futures)) * RESERVE_BATCH
                     futures.append(helper.submit(_render_batch, at, at + RESERVE_BATCH))
-                    given += 1
-                if given < back and not futures[0].done():
-                    ready = None  # the helper is behind: render one here
-                else:
-                    clock_start = monotonic()
-                    ready = futures.popleft().result(timeout=HELPER_PATIENCE)
-                    waited += monotonic() - clock_start
+                clock_start = monotonic()
+                ready = futures.popleft().result(timeout=HELPER_PATIENCE)
+                waited += monotonic() - clock_start
             except Exception as error:  # a dead helper (BrokenProcessPool), a stuck one, a bug
                 if isinstance(error, TimeoutError):  # stuck: killed, so the shutdown need not wait
                     error = f"it rendered nothing for {HELPER_PATIENCE:g} s"
                     with suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                 log.warning("the helper process failed (%s): rendering the rest here", error)
-                rest = [p for batch in batches[number:back] for p in batch]
+                rest = [p for batch in batches[number:] for p in batch]
                 _prepare_cards_of(rest)
-                for batch in batches[number:back]:
-                    here += 1
+                for batch in batches[number:]:
                     yield batch, [None] * len(batch)
                 return
-            if ready is None:
-                back -= 1
-                here += 1
-                batch = batches[back]
-                _prepare_cards_of(batch)
-                yield batch, [None] * len(batch)
-            else:
-                yield batches[number], ready
-                number += 1
+            yield batches[number], ready
     finally:
         helper.shutdown(wait=True, cancel_futures=True)
-        log.info(
-            "the helper rendered %d batches of digests, this process %d (waiting %.2f s for the helper)",
-            number,
-            here,
-            waited,
-        )
+        log.debug("waited %.2f s for the helper's rendering", waited)
 
 
 def _prepare_cards_of(plans: list[DigestPlan]) -> None:

@@ -308,8 +308,6 @@ parent, helpers = os.getpid(), []
 
 
 def render_message(plan, *args):  # the forked helper inherits it
-    if os.getpid() != parent:
-        time.sleep(options["slow"])
     if os.getpid() != parent and plan.subscriber.id in options["die"]:
         open("helper.died", "w").close()
         os._exit(9)  # as the OOM killer would kill it
@@ -383,14 +381,13 @@ def alone_command(
     hang: tuple = (),
     racing: tuple = (),
     patience: float = 120.0,
-    slow: float = 0.0,
     **settings,
 ) -> dict:
     """How to run run_once in a fresh interpreter (subprocess arguments): `batch` digests to a
     ledger commit, its helper dying at the digests of `die` (once the first message waits for
     it) and hanging at those of `hang` (given up on after `patience` seconds), the digests of
     `broken` failing to render, the first paper of those of `racing` sent by another process
-    after the run planned it, the helper taking `slow` seconds more for each digest."""
+    after the run planned it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERBOT_")}
     env.update({f"PAPERBOT_{k.upper()}": str(v) for k, v in settings.items()})
     env["PAPERBOT_WEB_SECRET"] = "the same secret for every run"
@@ -401,7 +398,6 @@ def alone_command(
         "hang": hang,
         "racing": racing,
         "patience": patience,
-        "slow": slow,
     }
     args = [tmp_path / f"{name}.db", folder, tmp_path / name, DAY, FRIDAY_9AM_BERLIN.isoformat()]
     command = [sys.executable, "-c", ALONE_RUN, *map(str, args), json.dumps(options)]
@@ -453,25 +449,8 @@ def test_a_helper_that_dies_mid_run_loses_no_digest(tmp_path):
     outcomes, errors, log = run_alone(tmp_path, "out", folder, batch=2, die=["p04"], run_helper_from=2)
     assert "rendering 12 digests in a helper process" in log
     assert "the helper process failed" in log and not errors
-    assert sorted(outcomes) == [[f"p{n:02}", "sent"] for n in range(12)]  # the last may go first
+    assert outcomes == [[f"p{n:02}", "sent"] for n in range(12)]
     assert len(list((tmp_path / "out").iterdir())) == 12
-
-
-@NEEDS_TWO_CPUS
-def test_while_the_helper_is_behind_the_run_renders_the_last_batches_itself(tmp_path):
-    """The helper renders from the front; while it is still busy with the next batch, the run
-    renders the last batch nobody has yet rather than wait, and sends it. Every digest is
-    sent once, the very mail a run rendering alone sends."""
-    folder = subscribed(tmp_path, [f"p{n:02}" for n in range(12)])
-    alone, _, _ = run_alone(tmp_path, "alone", folder, batch=2, run_helper_from=0)
-    shared, errors, log = run_alone(tmp_path, "shared", folder, batch=2, slow=0.2, run_helper_from=2)
-    assert not errors and "the helper process failed" not in log
-    # The helper is given 4 batches at once; the other 2 are made here while it renders its first.
-    assert "this process 2 " in log, log
-    assert shared[:2] == [["p10", "sent"], ["p11", "sent"]]  # the last batch, made here at once
-    assert sorted(shared) == alone == [[f"p{n:02}", "sent"] for n in range(12)]
-    mine, its = (sorted((tmp_path / name).iterdir()) for name in ("alone", "shared"))
-    assert [p.read_bytes() for p in mine] == [p.read_bytes() for p in its]
 
 
 @NEEDS_TWO_CPUS
