@@ -521,14 +521,15 @@ def run_once(
         if dry_run:
             return RunReport(fetched, tuple(planned), tuple(skipped), (), tuple(errors), source_error)
 
-        # Retries that are due, when there was nothing new to send; then the refusals judged.
-        outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
-        outcomes += settle(store, sending, clock, policy, tell, stopped=should_stop())
+        def send_and_judge() -> list[Outcome]:  # what is due, then the refusals judged
+            sent = send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
+            return sent + settle(store, sending, clock, policy, tell, stopped=should_stop())
+
+        outcomes += send_and_judge()  # retries that are due, when there was nothing new to send
         # After sending, so a channel disabled just now is told now; the alert mails go at once.
         down, unknown = sending.transport_problems(senders.keys(), outcomes)
         if check_alerts(store, settings, subscription_errors, clock(), also=down, unknown=unknown):
-            outcomes += send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
-            outcomes += settle(store, sending, clock, policy, tell, stopped=should_stop())
+            outcomes += send_and_judge()
     except BaseException:  # Ctrl-C, a locked database: no digest stays held for a judgement
         release(store, sending, clock)
         raise

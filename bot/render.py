@@ -471,7 +471,12 @@ def _one_line(text: str) -> str:
 
 def _tidy_text(text: str) -> str:
     """No trailing spaces, no more than one blank line in a row, none at the start or end."""
-    text = "\n".join([line.rstrip() for line in text.splitlines()])
+    return _tidy_lines([line.rstrip() for line in text.splitlines()])
+
+
+def _tidy_lines(lines: list[str]) -> str:
+    """_tidy_text of lines already split and stripped on the right."""
+    text = "\n".join(lines)
     while "\n\n\n" in text:
         text = text.replace("\n\n\n\n", "\n\n").replace("\n\n\n", "\n\n")
     return text.strip("\n") + "\n"
@@ -492,7 +497,7 @@ def _tidied(text: str) -> _Tidied:
     lines = [line.rstrip() for line in text.splitlines()]
     if not any(lines):
         return _Tidied(bool(lines), "", bool(lines))
-    return _Tidied(not lines[0], _tidy_text(text), not lines[-1])
+    return _Tidied(not lines[0], _tidy_lines(lines), not lines[-1])
 
 
 def _joined_tidy(stretches: Iterable[tuple[_Tidied, bool]]) -> tuple[tuple[str, bool], ...]:
@@ -756,7 +761,7 @@ def _filled(layout: tuple, values: list) -> list | None:
     run: list[str] = []
     for element in layout:
         if element is None:
-            if run:
+            if any(run):
                 parts.append(("".join(run), False))
                 run = []
             parts.append(None)
@@ -791,14 +796,19 @@ _TRANSFORMING = (
 _USING = (jinja2.nodes.Include, jinja2.nodes.Extends, jinja2.nodes.Import, jinja2.nodes.FromImport)
 
 
+def _tree(environment: jinja2.Environment, name: str) -> jinja2.nodes.Template | None:
+    """Template `name` parsed, to see what it does with what it prints; None without a loader."""
+    if environment.loader is None:
+        return None
+    return environment.parse(environment.loader.get_source(environment, name)[0])
+
+
 @lru_cache(maxsize=8)
 def _fillable(environment: jinja2.Environment, name: str = "digest.html.j2") -> bool:
     """Whether template `name` (and what it includes) prints its values as they are, so a
     layout's holes can be filled."""
-    if environment.loader is None:
-        return False
-    tree = environment.parse(environment.loader.get_source(environment, name)[0])
-    if any(True for kind in _TRANSFORMING for _ in tree.find_all(kind)):
+    tree = _tree(environment, name)
+    if tree is None or any(True for kind in _TRANSFORMING for _ in tree.find_all(kind)):
         return False
     for node in tree.find_all(_USING):
         used = node.template
@@ -940,10 +950,8 @@ def _prints_cards_as_they_are(environment: jinja2.Environment, name: str = "dige
     level or in an {% if %}, never in a filter, a block (which may be printed again through
     one), an {% autoescape %}, a loop, a macro or an assignment; and includes nothing. So what
     it prints around the cards is all it adds to them."""
-    if environment.loader is None:
-        return False
-    tree = environment.parse(environment.loader.get_source(environment, name)[0])
-    if any(True for kind in (*_TRANSFORMING, *_USING) for _ in tree.find_all(kind)):
+    tree = _tree(environment, name)
+    if tree is None or any(True for kind in (*_TRANSFORMING, *_USING) for _ in tree.find_all(kind)):
         return False
 
     def plain(node: jinja2.nodes.Node, path_is_plain: bool) -> bool:
