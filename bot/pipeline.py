@@ -57,7 +57,7 @@ from bot.fetch import Listing, fetch_listing, fetch_with_fallback
 from bot.match import Match, WatchIndex, match_papers
 from bot.message import MessageSettings, digest_links, email_data, message_id
 from bot.models import Digest, FetchResult, Subscriber
-from bot.render import RenderedDigest, prepare_cards, render_digest
+from bot.render import CardKey, RenderedDigest, card_key, keep_cards, made_cards, prepare_cards, render_digest
 from bot.store import Delivery, SaveStats, Store
 from bot.transport import HttpClient
 
@@ -590,7 +590,9 @@ def _make_one(
 # Rendering takes more CPU than anything else in a run, and a run of thousands of digests can
 # render on a second core while this process reserves and sends. The helper is forked, so it
 # has the plans without their being copied (pickling them cost a third of rendering them); it
-# renders batch after batch, a few ahead, and returns the bytes. Only where forking is safe:
+# renders batch after batch, a few ahead, and returns the bytes. The cards, shared by many
+# digests and most of the first batches' work, are made half here and half there at the start
+# (a card pickles in a tenth of the time it takes to make). Only where forking is safe:
 # on Linux, from a process with one thread (`paperbot run --once`; the daemon's runs are on a
 # scheduler thread and render in-process), and with two CPUs or more. Should the helper die,
 # the run renders the rest itself; a digest the helper could not make is made here again, to
@@ -631,11 +633,26 @@ def _rendered_batches(
     waited = 0.0
     try:
         futures: deque = deque()
+        submitted = 0
+
+        def submit_batches(upto: int) -> None:
+            nonlocal submitted
+            while len(futures) < HELPER_AHEAD and submitted < upto:
+                at = submitted * RESERVE_BATCH
+                futures.append(helper.submit(_render_batch, at, at + RESERVE_BATCH))
+                submitted += 1
+
+        # Making the cards is most of the first batches' rendering: the helper makes the first half
+        # (and renders the batches that show only those) while this process makes the other half
+        # and hands them over, rather than waiting.
+        keys, needs = _cards_of_batches(batches)
+        half = len(keys) // 2
+        helper.submit(_make_cards, half)
+        submit_batches(sum(1 for need in needs if need <= half))
+        helper.submit(_take_cards, half, made_cards(keys[half:]))
         for number in range(len(batches)):
             try:
-                while len(futures) < HELPER_AHEAD and number + len(futures) < len(batches):
-                    at = (number + len(futures)) * RESERVE_BATCH
-                    futures.append(helper.submit(_render_batch, at, at + RESERVE_BATCH))
+                submit_batches(len(batches))
                 clock_start = monotonic()
                 ready = futures.popleft().result(timeout=HELPER_PATIENCE)
                 waited += monotonic() - clock_start
@@ -654,6 +671,17 @@ def _rendered_batches(
     finally:
         helper.shutdown(wait=True, cancel_futures=True)
         log.debug("waited %.2f s for the helper's rendering", waited)
+
+
+def _cards_of_batches(batches: list[list[DigestPlan]]) -> tuple[list[CardKey], list[int]]:
+    """The distinct cards `batches` show (bot.render's keys), in order of first showing, and for
+    each batch how many of them the batches up to it show: it can be rendered from those."""
+    seen: dict[CardKey, None] = {}
+    needs = []
+    for batch in batches:
+        seen.update((card_key(m), None) for plan in batch for m in plan.matches[: plan.subscriber.max_papers])
+        needs.append(len(seen))
+    return list(seen), needs
 
 
 def _prepare_cards_of(plans: list[DigestPlan]) -> None:
@@ -703,6 +731,24 @@ def _cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def _make_cards(stop: int) -> None:
+    """In the helper, first: make the first `stop` cards of the plans (see _rendered_batches)."""
+    assert _helper_work is not None, "a helper renders only what it inherited"
+    plans, _ = _helper_work
+    batches = [plans[start : start + RESERVE_BATCH] for start in range(0, len(plans), RESERVE_BATCH)]
+    keys, _ = _cards_of_batches(batches)
+    made_cards(keys[:stop])
+
+
+def _take_cards(start: int, cards: list) -> None:
+    """In the helper: take the cards the run made, those of the plans' card keys from `start` on."""
+    assert _helper_work is not None, "a helper renders only what it inherited"
+    plans, _ = _helper_work
+    batches = [plans[at : at + RESERVE_BATCH] for at in range(0, len(plans), RESERVE_BATCH)]
+    keys, _ = _cards_of_batches(batches)
+    keep_cards(keys[start:], cards)
 
 
 def _render_batch(start: int, stop: int) -> list[_Ready | None]:

@@ -52,8 +52,11 @@ __all__ = [
     "RenderedDigest",
     "Segment",
     "build_digest",
+    "card_key",
     "digest_period",
     "forget_cards",
+    "keep_cards",
+    "made_cards",
     "make_environment",
     "paper_card",
     "prepare_cards",
@@ -371,7 +374,7 @@ def _count(number: int | None, one: str, many: str) -> list[str]:
 
 def paper_card(match: Match, rank: int) -> PaperCard:
     """How one match is shown: highlighted title and snippet, links, authors, counts, watches."""
-    card = _card_of(match.paper, tuple(match.watches), tuple(match.hits), tuple(match.reasons))
+    card = _card_of(*card_key(match))
     return card if rank == card.rank else dataclasses.replace(card, rank=rank)
 
 
@@ -554,10 +557,22 @@ class _RankMark(int):
 _RANK = f"\ue002{secrets.token_hex(8)}\ue002"
 
 
+CardKey = tuple[Paper, tuple[str, ...], tuple, tuple[str, ...]]
+"""What a match's card is made of: its paper, watches, hits and reasons (see card_key)."""
+
+
+def card_key(match: Match) -> CardKey:
+    """What `match`'s card is made of: matches with equal keys (of different subscribers) share a card."""
+    return match.paper, tuple(match.watches), tuple(match.hits), tuple(match.reasons)
+
+
 @lru_cache(maxsize=_CARDS_CACHED)
 def _card_parts(
     environment: jinja2.Environment, paper: Paper, watches: tuple[str, ...], hits: tuple, reasons: tuple
 ) -> _CardParts:
+    kept = _KEPT.get((environment, paper, watches, hits, reasons))
+    if kept is not None:  # made by another process (keep_cards)
+        return kept
     # Matches of different watches often look the same (the words they found are not in view):
     # one rendering per card as shown.
     return _rendered_card(environment, _card_of(paper, watches, hits, reasons))
@@ -618,10 +633,15 @@ def prepare_cards(matches: Iterable[Match], environment: jinja2.Environment | No
     """Render and CSS-inline at once the cards of `matches` not made yet, for the digests about
     to be rendered (a run knows them all): inlining many cards in one page costs a third of
     inlining each alone. Optional: render_digest makes any card it lacks. Returns how many."""
-    environment = environment or _default_environment()
+    return _prepare(dict.fromkeys(map(card_key, matches)), environment or _default_environment())
+
+
+def _prepare(keys: Iterable[CardKey], environment: jinja2.Environment) -> int:
     wanted = {}
-    for match in matches:
-        card = _card_of(match.paper, tuple(match.watches), tuple(match.hits), tuple(match.reasons))
+    for key in keys:
+        if (environment, *key) in _KEPT:
+            continue
+        card = _card_of(*key)
         if (environment, card) not in _PREPARED:
             wanted[card] = None
     if len(_PREPARED) + len(wanted) > _PREPARED_KEPT:
@@ -634,12 +654,37 @@ def prepare_cards(matches: Iterable[Match], environment: jinja2.Environment | No
     return len(cards)
 
 
+def made_cards(keys: Sequence[CardKey], environment: jinja2.Environment | None = None) -> list:
+    """The cards of `keys`, made (as prepare_cards does) to hand to another process that renders
+    digests showing them: it takes them with keep_cards, and so need not make them itself."""
+    environment = environment or _default_environment()
+    _prepare(keys, environment)
+    return [_card_parts(environment, *key) for key in keys]
+
+
+def keep_cards(
+    keys: Sequence[CardKey], cards: Sequence, environment: jinja2.Environment | None = None
+) -> None:
+    """Take the cards of `keys` that another process made (made_cards): render_digest uses them
+    instead of making them again."""
+    if len(keys) != len(cards):
+        raise ValueError(f"{len(cards)} cards for {len(keys)} keys: pass the keys made_cards was given")
+    environment = environment or _default_environment()
+    if len(_KEPT) + len(keys) > _PREPARED_KEPT:
+        _KEPT.clear()
+    _KEPT.update(((environment, *key), card) for key, card in zip(keys, cards, strict=True))
+
+
+_KEPT: dict[tuple, _CardParts] = {}  # (environment, *card key) -> a card another process made
+
+
 def forget_cards() -> None:
     """Drop every card and page layout kept rendered (a benchmark of a cold start calls this)."""
     for cache in (_card_of, _card_parts, _rendered_card, _scanned, _segments_of, _authors_marked, _pattern):
         cache.cache_clear()
     _LAYOUTS.clear()
     _PREPARED.clear()
+    _KEPT.clear()
 
 
 # -- the frame of a digest: rendered for each, CSS-inlined once per layout ----------------------
@@ -867,10 +912,7 @@ def _split_frame(page: str) -> list:
 def render_digest(digest: Digest, environment: jinja2.Environment | None = None) -> RenderedDigest:
     """The subject, HTML (CSS inlined, under MAX_HTML_BYTES) and plain text of `digest`."""
     environment = environment or _default_environment()
-    parts = [
-        _card_parts(environment, m.paper, tuple(m.watches), tuple(m.hits), tuple(m.reasons))
-        for m in digest.matches
-    ]
+    parts = [_card_parts(environment, *card_key(m)) for m in digest.matches]
     # The cards of rank 0 that every digest shares: templates number them with loop.index.
     cards = [part.card for part in parts]
     subscriber = digest.subscriber

@@ -276,6 +276,32 @@ def test_cards_prepared_together_are_the_cards_made_one_by_one(tmp_path):
     assert together == alone
 
 
+def test_cards_made_in_another_process_render_the_very_digest(tmp_path):
+    """A big run's helper takes half of the cards from the run (made_cards, pickled across, then
+    keep_cards): it must make none of them again, and render the digest it would render alone."""
+    import pickle
+
+    from bot.render import card_key, forget_cards, keep_cards, made_cards, prepare_cards
+
+    watches = '[[watch]]\nname = "broad"\nquery = "model* OR data OR learning OR agent*"\n'
+    digest = digest_of(subscriber_with(tmp_path, watches, max_papers=50), capture_papers())
+    keys = list(dict.fromkeys(map(card_key, digest.matches)))
+    forget_cards()
+    alone = render_digest(digest)
+    forget_cards()
+    handed = pickle.dumps(made_cards(keys[5:]))
+    forget_cards()  # as in another process: only the cards handed over
+    keep_cards(keys[5:], pickle.loads(handed))
+    assert prepare_cards(digest.matches) == 5, "only the cards not handed over are made"
+    assert render_digest(digest) == alone
+    forget_cards()
+    keep_cards(keys[5:], pickle.loads(handed)[::-1])  # what is handed over is what is shown
+    assert render_digest(digest) != alone
+    forget_cards()
+    with pytest.raises(ValueError, match="pass the keys made_cards was given"):
+        keep_cards(keys, pickle.loads(handed))
+
+
 def test_a_frame_template_that_transforms_printed_values_is_inlined_whole_each_time(tmp_path):
     """Holes are filled with values as printed: a frame whose template changes printed output
     (here a filter block) must not be filled from another digest's layout."""
