@@ -20,12 +20,14 @@ allow for each purpose.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hmac
+import json
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
 
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
-from itsdangerous.encoding import base64_encode
+from itsdangerous.encoding import base64_encode, want_bytes
 from itsdangerous.url_safe import URLSafeSerializerMixin
 
 from bot.errors import BotError, SettingsError
@@ -118,7 +120,33 @@ def make_token(
 ) -> str:
     """A URL-safe token naming `subscriber_id` for `purpose` (and `extra`), stamped `now` (default: now)."""
     payload = [subscriber_id] if extra is None else [subscriber_id, extra]
-    return _serializer(secret, purpose, now).dumps(payload)
+    serializer = _serializer(secret, purpose, now)
+    if now is None:
+        return serializer.dumps(payload)
+    return _stamped_maker(serializer)(payload)
+
+
+@lru_cache(maxsize=64)
+def _stamped_maker(serializer: URLSafeTimedSerializer) -> Callable[[list], str]:
+    """`serializer.dumps` for a serializer of a fixed time (a run's links): the very token, with
+    what itsdangerous works out anew for each (the signer, its derived key, the stamp) worked
+    out once. A run signs three links a digest; this takes a third of the time."""
+    signer = serializer.make_signer(serializer.salt)
+    separator = want_bytes(signer.sep)
+    stamp = signer.sign(b"").split(separator)[1]  # the time part, as itsdangerous writes it
+    key = signer.derive_key()
+    if signer.digest_method().name != "sha1":  # itsdangerous's default, which the test holds to
+        return serializer.dumps
+
+    def dumps(payload: list) -> str:
+        value = base64_encode(_COMPACT_JSON(payload).encode("utf-8")) + separator + stamp
+        return (value + separator + base64_encode(hmac.digest(key, value, "sha1"))).decode("ascii")
+
+    return dumps
+
+
+# itsdangerous's compact JSON (its _CompactJSON), made once rather than for every token.
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def read_token(

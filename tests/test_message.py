@@ -408,6 +408,27 @@ def test_secrets_rotate_oldest_first():
         read_token("new", "unsubscribe", old_token, now=NOW)
 
 
+@pytest.mark.parametrize("secret", [SECRET, ["old", SECRET]])
+@pytest.mark.parametrize(
+    ("subscriber_id", "extra"),
+    [("example-alice", None), ("bøb ✓", "daily 2026-04-01"), ('a"b\\c\n', "é"), ("lab-" + "a" * 300, None)],
+)
+def test_a_run_makes_the_very_token_itsdangerous_makes(secret, subscriber_id, extra):
+    """A run's tokens are made without itsdangerous's per-token work (bot.tokens._stamped_maker),
+    but must be its tokens to the byte: what it signs, it reads."""
+    from itsdangerous import URLSafeTimedSerializer
+
+    from bot.tokens import _serializer, _signer_at
+
+    payload = [subscriber_id] if extra is None else [subscriber_id, extra]
+    token = make_token(secret, "digest", subscriber_id, extra, now=NOW)
+    assert token == _serializer(secret, "digest", NOW).dumps(payload)  # itsdangerous's own dumps
+    if "a" * 300 not in subscriber_id:  # itsdangerous would compress that one; paperbot does not
+        stamped = _signer_at(int(NOW.timestamp()))
+        assert token == URLSafeTimedSerializer(secret, salt="paperbot.digest", signer=stamped).dumps(payload)
+    assert read_token(secret, "digest", token, extra=extra, now=NOW) == subscriber_id
+
+
 def test_a_token_with_a_long_repetitive_id_reads_back_and_a_compressed_one_still_reads():
     """Tokens are not compressed (too short to gain), but one made compressed, as itsdangerous
     does by default when it is shorter, is read as well."""
