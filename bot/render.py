@@ -518,7 +518,7 @@ def _joined_tidy(stretches: Iterable[tuple[_Tidied, bool]]) -> tuple[tuple[str, 
             run.append("\n")  # one blank line where any number were
         if shared:
             if run:
-                parts.append(("".join(run), False))
+                parts.append(("\n", True) if run == ["\n"] else ("".join(run), False))
                 run = []
             parts.append((tidied.core, True))
         else:
@@ -680,7 +680,8 @@ _KEPT: dict[tuple, _CardParts] = {}  # (environment, *card key) -> a card anothe
 
 def forget_cards() -> None:
     """Drop every card and page layout kept rendered (a benchmark of a cold start calls this)."""
-    for cache in (_card_of, _card_parts, _rendered_card, _scanned, _segments_of, _authors_marked, _pattern):
+    cards = (_card_of, _card_parts, _rendered_card, _ranked)
+    for cache in (*cards, _scanned, _segments_of, _authors_marked, _pattern):
         cache.cache_clear()
     _LAYOUTS.clear()
     _PREPARED.clear()
@@ -964,6 +965,15 @@ def render_digest(digest: Digest, environment: jinja2.Environment | None = None)
 _CARDS_TEXT_HERE = f"\ue003{secrets.token_hex(8)}\ue003"  # unguessable, as _RANK
 
 
+@lru_cache(maxsize=_CARDS_CACHED * 4)
+def _ranked(ranked: _Tidied, rank: int) -> _Tidied:
+    """A card's text up to its rank, numbered: the very string in every digest that shows the
+    card at that rank, so that the mail encodes it once (see bot.message._text_part)."""
+    if _RANK not in ranked.core:
+        return ranked
+    return _Tidied(ranked.before, ranked.core.replace(_RANK, str(rank)), ranked.after)
+
+
 def _text_parts(environment: jinja2.Environment, values: dict, parts: Sequence[_CardParts]) -> tuple:
     """The plain text (digest.txt.j2 with the cards' text in place, tidied) in (piece, shared)
     parts: the frame is tidied, the cards were when they were made, and where they meet is
@@ -976,10 +986,7 @@ def _text_parts(environment: jinja2.Environment, values: dict, parts: Sequence[_
         if here and (not before or before.endswith("\n")) and _CARDS_TEXT_HERE not in after:
             stretches = [(_tidied(before), False)]
             for rank, part in enumerate(parts, 1):
-                ranked = part.text_ranked
-                if _RANK in ranked.core:
-                    ranked = _Tidied(ranked.before, ranked.core.replace(_RANK, str(rank)), ranked.after)
-                stretches += ((ranked, False), (part.text_rest, True))
+                stretches += ((_ranked(part.text_ranked, rank), True), (part.text_rest, True))
             stretches.append((_tidied(after), False))
             return _joined_tidy(stretches)
     cards = "".join(part.text.replace(_RANK, str(rank)) for rank, part in enumerate(parts, 1))
