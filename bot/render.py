@@ -467,8 +467,14 @@ def _inliner() -> css_inline.CSSInliner:
 _CONTROLS_TO_SPACES = {code: " " for code in (*range(32), *range(0x7F, 0xA0))}
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _one_line(text: str) -> str:
     """A header-safe line: every run of whitespace (line breaks too) and control character is one space."""
+    core = text.strip()  # a subject ends in a line break: not worth the translating
+    if _CONTROL.search(core) is None:
+        return " ".join(core.split())
     return " ".join(text.translate(_CONTROLS_TO_SPACES).split())
 
 

@@ -481,6 +481,26 @@ def test_a_line_break_in_a_title_cannot_leave_the_subject_line(tmp_path):
     assert "1. Attention Bcc: victim@example.org body\n" in rendered.text
 
 
+@pytest.mark.parametrize(
+    "title",
+    [
+        "Tab\there",
+        "NUL\x00in\x1fit",
+        "next line\x85C1",
+        "\x00at the ends\x07",
+        "no\u2028break",
+        "\u00a0nbsp\u00a0",
+    ],
+)
+def test_control_characters_in_a_title_cannot_reach_the_subject_line(tmp_path, title):
+    """Each control character (C0, DEL, C1), like each run of whitespace, is one space in the
+    subject; the subject is never cut or joined anywhere else."""
+    subject = render_digest(hostile_digest(tmp_path, title=title)).subject
+    assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in subject)
+    shown = " ".join("".join(" " if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in title).split())
+    assert subject == f"1 paper · Thu 11 Jun 2026 · {shown}"
+
+
 def test_templates_are_strict_about_missing_values(tmp_path):
     (tmp_path / "broken.html.j2").write_text("{{ digest.no_such_field }}", encoding="utf-8")
     environment = make_environment(tmp_path)
