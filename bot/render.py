@@ -30,11 +30,13 @@ import dataclasses
 import importlib.metadata
 import re
 import secrets
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from itertools import accumulate
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -329,15 +331,12 @@ def _authors_marked(authors: tuple[str, ...], spans: tuple[tuple[int, int], ...]
         return ()
     # Author hits index the authors joined by "; " (bot.query.PaperText.texts["author"]).
     marked: dict[int, list[tuple[int, int]]] = {}
-    offset = 0
-    bounds = []
-    for name in names:
-        bounds.append((offset, offset + len(name)))
-        offset += len(name) + 2
+    starts = list(accumulate((len(name) + 2 for name in names[:-1]), initial=0))
     for hit_start, hit_end in spans:
-        for number, (start, end) in enumerate(bounds):
-            if start <= hit_start and hit_end <= end:
-                marked.setdefault(number, []).append((hit_start - start, hit_end - start))
+        number = bisect_right(starts, hit_start) - 1  # the one name that can hold the hit
+        if number >= 0 and hit_end <= starts[number] + len(names[number]):
+            start = starts[number]
+            marked.setdefault(number, []).append((hit_start - start, hit_end - start))
     shown = list(range(min(len(names), AUTHORS_SHOWN)))
     if len(names) == AUTHORS_SHOWN + 1:
         shown.append(AUTHORS_SHOWN)  # "et al." would hide just one name: show it
