@@ -288,6 +288,9 @@ def _text_part(subtype: str, parts: tuple[tuple[str, bool], ...]) -> bytes:
     run: list[str] = []
     shared = True
     for piece, piece_shared in parts:
+        if not run and piece.endswith("\n"):  # whole lines on their own: most pieces
+            encoded.append(_encoded_shared(piece) if piece_shared else _encoded(piece))
+            continue
         if not piece:
             continue  # else it would join the shared piece after it, encoded anew in every digest
         run.append(piece)
