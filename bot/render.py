@@ -380,30 +380,59 @@ def paper_card(match: Match, rank: int) -> PaperCard:
 @lru_cache(maxsize=_CARDS_CACHED)
 def _card_of(paper: Paper, watches: tuple[str, ...], hits: tuple, reasons: tuple[str, ...]) -> PaperCard:
     """The card of rank 0 for a paper, matched by `watches` on `hits`: the same for every subscriber."""
+    facts = _facts(paper)
     title = _segments(paper.title, [(h.start, h.end) for h in hits if h.field == "title"])
-    snippet_text, is_summary = _snippet(paper)
-    snippet = _segments(snippet_text, _find_again(snippet_text, _patterns(hits)))
-    on_arxiv = bool(_ARXIV_ID.match(paper.id))
+    snippet = _segments(facts.snippet, _find_again(facts.snippet, _patterns(hits)))
     return PaperCard(
         rank=0,
         title=title,
         title_plain=_plain(title),
-        hf_url=paper.hf_url,
-        arxiv_url=paper.arxiv_url if on_arxiv else None,
-        pdf_url=paper.pdf_url if on_arxiv else None,
-        code_url=_web_url(paper.github_repo),
-        project_url=_web_url(paper.project_page),
+        hf_url=facts.hf_url,
+        arxiv_url=facts.arxiv_url,
+        pdf_url=facts.pdf_url,
+        code_url=facts.code_url,
+        project_url=facts.project_url,
         authors=_authors(paper, hits),
         organization=_organization(paper, hits),
-        stats=tuple(
+        stats=facts.stats,
+        watches=watches,
+        reasons=reasons,
+        snippet=snippet,
+        snippet_is_summary=facts.snippet_is_summary,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What a paper's cards show of it whatever matched it: worked out once for all its cards."""
+
+    snippet: str
+    snippet_is_summary: bool
+    hf_url: str
+    arxiv_url: str | None
+    pdf_url: str | None
+    code_url: str | None
+    project_url: str | None
+    stats: tuple[str, ...]
+
+
+@lru_cache(maxsize=_CARDS_CACHED)
+def _facts(paper: Paper) -> _Facts:
+    snippet, is_summary = _snippet(paper)
+    on_arxiv = bool(_ARXIV_ID.match(paper.id))
+    return _Facts(
+        snippet,
+        is_summary,
+        paper.hf_url,
+        paper.arxiv_url if on_arxiv else None,
+        paper.pdf_url if on_arxiv else None,
+        _web_url(paper.github_repo),
+        _web_url(paper.project_page),
+        tuple(
             _count(paper.upvotes, "upvote", "upvotes")
             + _count(paper.github_stars if paper.github_repo else None, "GitHub star", "GitHub stars")
             + _count(paper.num_comments, "comment", "comments")
         ),
-        watches=watches,
-        reasons=reasons,
-        snippet=snippet,
-        snippet_is_summary=is_summary,
     )
 
 
@@ -685,7 +714,7 @@ _KEPT: dict[tuple, _CardParts] = {}  # (environment, *card key) -> a card anothe
 
 def forget_cards() -> None:
     """Drop every card and page layout kept rendered (a benchmark of a cold start calls this)."""
-    cards = (_card_of, _card_parts, _rendered_card, _ranked)
+    cards = (_card_of, _facts, _card_parts, _rendered_card, _ranked)
     for cache in (*cards, _scanned, _segments_of, _authors_marked, _pattern):
         cache.cache_clear()
     _LAYOUTS.clear()
