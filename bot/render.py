@@ -30,6 +30,7 @@ import dataclasses
 import importlib.metadata
 import re
 import secrets
+import textwrap
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
@@ -461,7 +462,7 @@ def templates_dir() -> Path:
 
 def make_environment(directory: Path | str | None = None) -> jinja2.Environment:
     """The Jinja environment for the digest templates: *.html.j2 autoescaped, every template strict."""
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(directory or templates_dir())),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
         undefined=jinja2.StrictUndefined,
@@ -470,6 +471,55 @@ def make_environment(directory: Path | str | None = None) -> jinja2.Environment:
         keep_trailing_newline=True,
         auto_reload=False,  # the templates do not change while paperbot runs: no stat() per render
     )
+    environment.filters["wordwrap"] = _wordwrap
+    return environment
+
+
+@jinja2.pass_environment
+def _wordwrap(
+    environment: jinja2.Environment,
+    s: str,
+    width: int = 79,
+    break_long_words: bool = True,
+    wrapstring: str | None = None,
+    break_on_hyphens: bool = True,
+) -> str:
+    """Jinja's wordwrap, to the character; but a paragraph of words between single spaces, as
+    card.txt.j2 wraps a snippet (no word broken, nor at its hyphens), is wrapped here rather than
+    by textwrap, which took a third of the time of a text card."""
+    if break_long_words or break_on_hyphens or width <= 0:
+        wrap = jinja2.filters.do_wordwrap
+        return wrap(environment, s, width, break_long_words, wrapstring, break_on_hyphens)
+    wrapstring = environment.newline_sequence if wrapstring is None else wrapstring
+    return wrapstring.join([wrapstring.join(_wrapped(line, width)) for line in s.splitlines()])
+
+
+def _wrapped(line: str, width: int) -> list[str]:
+    """textwrap.wrap(line, width, expand_tabs=False, replace_whitespace=False,
+    break_long_words=False, break_on_hyphens=False)."""
+    words = line.split(" ")
+    if "" in words or not line.isprintable():  # runs of spaces, other whitespace: textwrap's way
+        return textwrap.wrap(
+            line,
+            width=width,
+            expand_tabs=False,
+            replace_whitespace=False,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+    lines = []
+    current = [words[0]]
+    length = len(words[0])
+    for word in words[1:]:
+        if length + 1 + len(word) <= width:
+            current.append(word)
+            length += 1 + len(word)
+        else:  # a word longer than the width stands alone on its line
+            lines.append(" ".join(current))
+            current = [word]
+            length = len(word)
+    lines.append(" ".join(current))
+    return lines
 
 
 @lru_cache(maxsize=1)

@@ -501,6 +501,31 @@ def test_control_characters_in_a_title_cannot_reach_the_subject_line(tmp_path, t
     assert subject == f"1 paper · Thu 11 Jun 2026 · {shown}"
 
 
+def test_wordwrap_wraps_as_jinjas_own_to_the_character():
+    """paperbot wraps a card's snippet itself, faster than textwrap, where the text is words
+    between single spaces; every line must break where Jinja's wordwrap breaks it: the real
+    summaries and abstracts of a capture at several widths, and made-up text with long words,
+    hyphens, runs of spaces, tabs and Unicode spaces (those go to textwrap)."""
+    import random
+
+    environment = make_environment()
+    ours, jinjas = environment.filters["wordwrap"], jinja2.filters.do_wordwrap
+    papers = capture_papers()
+    texts = [" ".join(f"{p.ai_summary or ''} {p.abstract}".split()) for p in papers]
+    pieces = ["a", "bb", "-", "x" * 12, "é", "*mark*", " ", "  ", "\t", "\u00a0", "\u3000", "\n"]
+    chance = random.Random(8)
+    texts += ["".join(chance.choice(pieces) for _ in range(chance.randint(0, 30))) for _ in range(5000)]
+    texts += [" ".join(chance.choice(pieces[:6]) for _ in range(chance.randint(1, 25))) for _ in range(5000)]
+    assert len(papers) > 20
+    for number, text in enumerate(texts):
+        width = (69, 40, 79)[number % 3] if number < len(papers) else chance.randint(1, 30)
+        for options in ({"break_long_words": False, "break_on_hyphens": False}, {}):
+            assert ours(environment, text, width, **options) == jinjas(environment, text, width, **options), (
+                text,
+                width,
+            )
+
+
 def test_templates_are_strict_about_missing_values(tmp_path):
     (tmp_path / "broken.html.j2").write_text("{{ digest.no_such_field }}", encoding="utf-8")
     environment = make_environment(tmp_path)
