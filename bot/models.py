@@ -33,6 +33,12 @@ class Paper:
     organization_fullname: str | None = None
     thumbnail: str | None = None
 
+    def __hash__(self) -> int:
+        # Its id, not every field (dataclass's own): renderings are cached by paper, and equal
+        # papers have equal ids. Two versions of one paper (its upvotes moved) are told apart
+        # by equality, as before.
+        return hash(self.id)
+
     @property
     def hf_url(self) -> str:
         return f"https://huggingface.co/papers/{self.id}"

@@ -32,6 +32,7 @@ from bot.render import (
     build_digest,
     digest_period,
     make_environment,
+    paper_card,
     render_digest,
     templates_dir,
 )
@@ -499,6 +500,15 @@ def test_control_characters_in_a_title_cannot_reach_the_subject_line(tmp_path, t
     assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in subject)
     shown = " ".join("".join(" " if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in title).split())
     assert subject == f"1 paper · Thu 11 Jun 2026 · {shown}"
+
+
+def test_a_paper_whose_counts_moved_gets_a_card_of_its_own():
+    """Cards are kept by paper, and a paper hashes by its id alone (bot.models.Paper): the same
+    paper with more upvotes must still show its new count, not the card of the old one."""
+    paper = Paper(id="2606.00001", title="A paper", abstract="About it.", upvotes=3)
+    bob = paper_card(Match("bob", paper, ("w",), 1.0, ()), 1)
+    moved = paper_card(Match("bob", dataclasses.replace(paper, upvotes=50), ("w",), 1.0, ()), 1)
+    assert bob.stats == ("3 upvotes",) and moved.stats == ("50 upvotes",)
 
 
 def test_wordwrap_wraps_as_jinjas_own_to_the_character():
