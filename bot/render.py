@@ -1002,6 +1002,7 @@ def render_digest(digest: Digest, environment: jinja2.Environment | None = None)
     cards = [part.card for part in parts]
     subscriber = digest.subscriber
     schedule = getattr(subscriber.schedule, "text", str(subscriber.schedule))
+    local = _local_moment(digest.generated_at, subscriber.timezone)
 
     def context(shown: int) -> dict:
         return {
@@ -1013,7 +1014,7 @@ def render_digest(digest: Digest, environment: jinja2.Environment | None = None)
             "total": digest.total,
             "more": digest.total - shown,
             "watch_count": len(subscriber.watches),
-            "generated_local": digest.generated_at.astimezone(ZoneInfo(subscriber.timezone)),
+            "generated_local": local,
         }
 
     shown = len(parts)
@@ -1044,6 +1045,30 @@ def render_digest(digest: Digest, environment: jinja2.Environment | None = None)
         html_parts=tuple(html_parts),
         text_parts=_text_parts(environment, values, parts[:shown]),
     )
+
+
+class _Moment(datetime):
+    """A subscriber's local time of a run, as the templates get it: the run's digests in one
+    time zone print the same time the same way, which is worked out once. (Kept on the object:
+    datetimes in two zones at one instant are equal, so they cannot key a shared cache.)"""
+
+    __slots__ = ("_printed",)
+
+    def strftime(self, format: str) -> str:
+        printed = getattr(self, "_printed", None)
+        if printed is None:  # a copy (pickled, say) starts afresh
+            printed = {}
+            object.__setattr__(self, "_printed", printed)
+        text = printed.get(format)
+        if text is None:
+            text = printed[format] = super().strftime(format)
+        return text
+
+
+@lru_cache(maxsize=256)
+def _local_moment(moment: datetime, timezone: str) -> _Moment:
+    local = moment.astimezone(ZoneInfo(timezone))
+    return _Moment(*local.timetuple()[:6], local.microsecond, local.tzinfo, fold=local.fold)
 
 
 _CARDS_TEXT_HERE = f"\ue003{secrets.token_hex(8)}\ue003"  # unguessable, as _RANK

@@ -511,6 +511,25 @@ def test_a_paper_whose_counts_moved_gets_a_card_of_its_own():
     assert bob.stats == ("3 upvotes",) and moved.stats == ("50 upvotes",)
 
 
+def test_each_digest_of_a_run_says_when_it_was_sent_in_its_subscribers_time_zone(tmp_path):
+    """One run, one instant, several time zones: each footer shows its own local time (the
+    local times of one run are printed once each, and two of them at one instant are equal
+    datetimes: they must not share a printing)."""
+    papers = capture_papers()
+    sent = {}
+    for zone in ("America/Los_Angeles", "Europe/Berlin", "Asia/Kolkata", "America/Los_Angeles"):
+        (tmp_path / zone).mkdir(parents=True, exist_ok=True)
+        subscriber = dataclasses.replace(subscriber_with(tmp_path / zone, ""), timezone=zone)
+        rendered = render_digest(digest_of(subscriber, papers))
+        sent[zone] = re.search(r"Sent ([^.]+)\.", rendered.text).group(1)
+        assert f"Sent {sent[zone]}." in rendered.html
+    assert sent == {
+        "America/Los_Angeles": "2026-06-11 23:00 PDT",
+        "Europe/Berlin": "2026-06-12 08:00 CEST",
+        "Asia/Kolkata": "2026-06-12 11:30 IST",
+    }
+
+
 def test_wordwrap_wraps_as_jinjas_own_to_the_character():
     """paperbot wraps a card's snippet itself, faster than textwrap, where the text is words
     between single spaces; every line must break where Jinja's wordwrap breaks it: the real
