@@ -182,7 +182,7 @@ def test_cards_inlined_one_by_one_make_the_page_that_inlining_it_whole_makes(tmp
         (
             lambda frame, card: (
                 frame.replace("{{ cards }}", "{% autoescape true %}{{ cards }}{% endautoescape %}"),
-                card.replace("{{ marked(p.title) }}", "{{ marked(p.title) }} <{{ p.rank }}> &"),
+                card.replace("{{ p.title | marked }}", "{{ p.title | marked }} <{{ p.rank }}> &"),
             ),
             "&lt;1&gt; &amp;",
         ),
@@ -472,6 +472,18 @@ def test_markup_in_a_paper_is_shown_as_text_and_never_runs(tmp_path):
     assert 'href="https://example.org/ok"' in html
     # The plain text is not HTML: there the title reads as written.
     assert "1. <script>alert(1)</script>" in rendered.text
+
+
+def test_marked_words_are_shown_as_text_inside_their_mark(tmp_path):
+    """The `marked` filter wraps a watch's words: escaped inside <mark> in HTML, between stars
+    in the plain text, whatever characters they hold."""
+    bob = subscriber_with(tmp_path, "")
+    paper = Paper(id="2606.00003", title="<b>x</b> & <i>Attention</i>", abstract="a", upvotes=1)
+    match = Match(bob.id, paper, ("w",), 1.0, (Hit("title", "x", 0, 10),))
+    rendered = render_digest(build_digest(bob, [match], generated_at=NOW, links=LINKS))
+    marked = r'<mark class="hl"[^>]*>&lt;b&gt;x&lt;/b&gt; &amp;</mark> &lt;i&gt;Attention&lt;/i&gt;</a>'
+    assert re.search(marked, rendered.html)
+    assert "1. *<b>x</b> &* <i>Attention</i>\n" in rendered.text
 
 
 def test_a_line_break_in_a_title_cannot_leave_the_subject_line(tmp_path):
