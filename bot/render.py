@@ -34,7 +34,7 @@ import textwrap
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from itertools import accumulate
@@ -644,6 +644,15 @@ class _CardParts:
     text_ranked: _Tidied  # from the start to the end of the last line holding the rank
     text_rest: _Tidied
     text_whole: bool  # the text ends its last line: digests join it tidied (else tidy it whole)
+    numbered: dict[int, _Tidied] = field(default_factory=dict, compare=False, repr=False)  # see _ranked
+
+    def ranked(self, rank: int) -> _Tidied:
+        """text_ranked numbered `rank`: the very string in every digest that shows the card at
+        that rank, so that the mail encodes it once (see bot.message._text_part)."""
+        made = self.numbered.get(rank)
+        if made is None:
+            made = self.numbered[rank] = _numbered(self.text_ranked, rank)
+        return made
 
 
 class _RankMark(int):
@@ -780,7 +789,7 @@ _KEPT: dict[tuple, _CardParts] = {}  # (environment, *card key) -> a card anothe
 
 def forget_cards() -> None:
     """Drop every card and page layout kept rendered (a benchmark of a cold start calls this)."""
-    cards = (_card_of, _facts, _card_parts, _rendered_card, _ranked)
+    cards = (_card_of, _facts, _card_parts, _rendered_card)
     for cache in (*cards, _scanned, _segments_of, _authors_marked, _pattern):
         cache.cache_clear()
     _LAYOUTS.clear()
@@ -1090,10 +1099,7 @@ def _local_moment(moment: datetime, timezone: str) -> _Moment:
 _CARDS_TEXT_HERE = f"\ue003{secrets.token_hex(8)}\ue003"  # unguessable, as _RANK
 
 
-@lru_cache(maxsize=_CARDS_CACHED * 4)
-def _ranked(ranked: _Tidied, rank: int) -> _Tidied:
-    """A card's text up to its rank, numbered: the very string in every digest that shows the
-    card at that rank, so that the mail encodes it once (see bot.message._text_part)."""
+def _numbered(ranked: _Tidied, rank: int) -> _Tidied:
     if _RANK not in ranked.core:
         return ranked
     return _Tidied(ranked.before, ranked.core.replace(_RANK, str(rank)), ranked.after)
@@ -1111,7 +1117,7 @@ def _text_parts(environment: jinja2.Environment, values: dict, parts: Sequence[_
         if here and (not before or before.endswith("\n")) and _CARDS_TEXT_HERE not in after:
             stretches = [(_tidied(before), False)]
             for rank, part in enumerate(parts, 1):
-                stretches += ((_ranked(part.text_ranked, rank), True), (part.text_rest, True))
+                stretches += ((part.ranked(rank), True), (part.text_rest, True))
             stretches.append((_tidied(after), False))
             return _joined_tidy(stretches)
     cards = "".join(part.text.replace(_RANK, str(rank)) for rank, part in enumerate(parts, 1))
