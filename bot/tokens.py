@@ -20,6 +20,7 @@ allow for each purpose.
 
 from __future__ import annotations
 
+import binascii
 import hmac
 import json
 from collections.abc import Callable, Sequence
@@ -120,13 +121,17 @@ def make_token(
 ) -> str:
     """A URL-safe token naming `subscriber_id` for `purpose` (and `extra`), stamped `now` (default: now)."""
     payload = [subscriber_id] if extra is None else [subscriber_id, extra]
-    serializer = _serializer(secret, purpose, now)
     if now is None:
-        return serializer.dumps(payload)
-    return _stamped_maker(serializer)(payload)
+        return _serializer(secret, purpose, now).dumps(payload)
+    secrets = (secret,) if isinstance(secret, str) or secret is None else tuple(secret)
+    return _maker_at(secrets, purpose, now)(payload)
 
 
 @lru_cache(maxsize=64)
+def _maker_at(secrets: tuple[str, ...], purpose: str, now: datetime) -> Callable[[list], str]:
+    return _stamped_maker(_serializer(secrets, purpose, now))
+
+
 def _stamped_maker(serializer: URLSafeTimedSerializer) -> Callable[[list], str]:
     """`serializer.dumps` for a serializer of a fixed time (a run's links): the very token, with
     what itsdangerous works out anew for each (the signer, its derived key, the stamp) worked
@@ -139,14 +144,20 @@ def _stamped_maker(serializer: URLSafeTimedSerializer) -> Callable[[list], str]:
         return serializer.dumps
 
     def dumps(payload: list) -> str:
-        value = base64_encode(_COMPACT_JSON(payload).encode("utf-8")) + separator + stamp
-        return (value + separator + base64_encode(hmac.digest(key, value, "sha1"))).decode("ascii")
+        value = _base64(_COMPACT_JSON(payload).encode("utf-8")) + separator + stamp
+        return (value + separator + _base64(hmac.digest(key, value, "sha1"))).decode("ascii")
 
     return dumps
 
 
 # itsdangerous's compact JSON (its _CompactJSON), made once rather than for every token.
 _COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_URL_SAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _base64(data: bytes) -> bytes:
+    """itsdangerous's base64_encode (URL-safe, unpadded) of bytes, without its checks and wrappers."""
+    return binascii.b2a_base64(data, newline=False).translate(_URL_SAFE).rstrip(b"=")
 
 
 def read_token(

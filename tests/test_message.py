@@ -397,6 +397,8 @@ def test_another_secret_or_purpose_or_garbage_is_refused():
     for missing in ("", None, []):
         with pytest.raises(SettingsError, match="web.secret"):
             make_token(missing, "unsubscribe", "example-alice")
+        with pytest.raises(SettingsError, match="web.secret"):  # as a run makes them
+            make_token(missing, "unsubscribe", "example-alice", now=NOW)
 
 
 def test_secrets_rotate_oldest_first():
