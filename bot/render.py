@@ -223,6 +223,7 @@ def _segments(text: str, spans: Iterable[tuple[int, int]]) -> tuple[Segment, ...
 
 
 _SPACES = re.compile(r"\s+")
+_UNTIDY_SPACE = re.compile(r"[^\S ]|  ")  # any whitespace but a space, or two spaces in a row
 
 
 @lru_cache(maxsize=_CARDS_CACHED * 4)  # titles, names and snippets recur in many cards
@@ -236,19 +237,19 @@ def _segments_of(text: str, spans: tuple[tuple[int, int], ...]) -> tuple[Segment
             merged[-1][1] = max(merged[-1][1], end)
         else:
             merged.append([start, end])
-    pieces: list[Segment] = []
+    pieces: list[str] = []
     at = 0
     for start, end in merged:
-        pieces.append(Segment(text[at:start]))
-        pieces.append(Segment(text[start:end], True))
+        pieces += (text[at:start], text[start:end])
         at = end
-    pieces.append(Segment(text[at:]))
+    pieces.append(text[at:])
     # A title with a line break (or a tab) must stay one line: in the subject above all.
-    cleaned = [Segment(_SPACES.sub(" ", piece.text), piece.marked) for piece in pieces]
-    if cleaned:
-        cleaned[0] = Segment(cleaned[0].text.lstrip(), cleaned[0].marked)
-        cleaned[-1] = Segment(cleaned[-1].text.rstrip(), cleaned[-1].marked)
-    return tuple(piece for piece in cleaned if piece.text)
+    if _UNTIDY_SPACE.search(text):
+        pieces = [_SPACES.sub(" ", piece) for piece in pieces]
+    pieces[0] = pieces[0].lstrip()
+    pieces[-1] = pieces[-1].rstrip()
+    # Marked and plain pieces alternate, from a plain one.
+    return tuple(Segment(piece, number % 2 == 1) for number, piece in enumerate(pieces) if piece)
 
 
 def _plain(segments: Sequence[Segment]) -> str:
