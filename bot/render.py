@@ -539,6 +539,27 @@ def _wrapped(line: str, width: int) -> list[str]:
     return lines
 
 
+def _rendered(template: jinja2.Template, values: dict, **more) -> str:
+    """template.render(values, **more), the same text, errors and tracebacks; less the merging
+    of the template's globals into each render's context, which Jinja does anew each time from
+    a ChainMap walked key by key (a fifth of rendering a card): here from a dict made once per
+    template. (Jinja's globals are fixed once its templates load: its documentation says so.)"""
+    environment, globals_ = template.environment, _globals_of(template)
+    context = jinja2.runtime.new_context(
+        environment, template.name, template.blocks, {**globals_, **values, **more}, True, globals_
+    )
+    try:
+        return environment.concat(template.root_render_func(context))
+    except Exception:
+        environment.handle_exception()  # raises, with the template's lines in the traceback
+        raise  # not reached
+
+
+@lru_cache(maxsize=64)
+def _globals_of(template: jinja2.Template) -> dict:
+    return dict(template.globals)
+
+
 @lru_cache(maxsize=1)
 def _default_environment() -> jinja2.Environment:
     return make_environment()
@@ -690,7 +711,8 @@ def _card_parts(
 
 @lru_cache(maxsize=_CARDS_CACHED)
 def _rendered_card(environment: jinja2.Environment, card: PaperCard) -> _CardParts:
-    text = environment.get_template("card.txt.j2").render(p=dataclasses.replace(card, rank=_RankMark(0)))
+    numbered = dataclasses.replace(card, rank=_RankMark(0))
+    text = _rendered(environment.get_template("card.txt.j2"), {"p": numbered})
     at = text.rfind(_RANK)
     cut = 0 if at < 0 else (text.find("\n", at) + 1 or len(text))
     html = _card_html(environment, card)
@@ -722,7 +744,7 @@ def _card_html(environment: jinja2.Environment, card: PaperCard) -> str:
 def _inlined_cards(environment: jinja2.Environment, cards: Sequence[PaperCard]) -> list[str]:
     css = environment.get_template("digest.css.j2").render()
     template = environment.get_template("card.html.j2")
-    rows = "".join(f"{_CARD_START}{template.render(p=card)}{_CARD_END}" for card in cards)
+    rows = "".join(f"{_CARD_START}{_rendered(template, {'p': card})}{_CARD_END}" for card in cards)
     page = (
         f"<!DOCTYPE html><html><head><style>{css}</style></head><body>"
         f"<table><tbody>{rows}</tbody></table></body></html>"
@@ -982,7 +1004,7 @@ def _frame_parts(environment: jinja2.Environment, values: dict) -> list:
     printed: list = []
     token = _recording.set(printed)
     try:
-        skeleton = frame.render(values, cards=_CARDS_HERE)
+        skeleton = _rendered(frame, values, cards=_CARDS_HERE)
     finally:
         _recording.reset(token)
     if _UNFILLABLE in printed:
@@ -993,7 +1015,7 @@ def _frame_parts(environment: jinja2.Environment, values: dict) -> list:
         parts = _filled(layout, printed)
         if parts is not None:
             return parts
-    whole = _inliner().inline(frame.render(values, cards=_CARDS_HERE))
+    whole = _inliner().inline(_rendered(frame, values, cards=_CARDS_HERE))
     if layout is False and len(_LAYOUTS) < _LAYOUTS_KEPT:  # new: keep it if it makes this page
         layout = None
         if skeleton.count("\ue000") == len(printed):
@@ -1010,7 +1032,7 @@ def _frame_parts(environment: jinja2.Environment, values: dict) -> list:
 
 
 def _whole_frame(frame: jinja2.Template, values: dict) -> list:
-    return _split_frame(_inliner().inline(frame.render(values, cards=_CARDS_HERE)))
+    return _split_frame(_inliner().inline(_rendered(frame, values, cards=_CARDS_HERE)))
 
 
 def _split_frame(page: str) -> list:
@@ -1044,7 +1066,7 @@ def render_digest(digest: Digest, environment: jinja2.Environment | None = None)
         }
 
     shown = len(parts)
-    subject = _one_line(environment.get_template("subject.txt.j2").render(context(shown)))
+    subject = _one_line(_rendered(environment.get_template("subject.txt.j2"), context(shown)))
     while True:
         values = context(shown) | {"subject": subject}
         frame = _frame_parts(environment, values)
@@ -1113,7 +1135,7 @@ def _text_parts(environment: jinja2.Environment, values: dict, parts: Sequence[_
     on lines of their own is rendered and tidied whole."""
     template = environment.get_template("digest.txt.j2")
     if _prints_cards_as_they_are(environment) and all(part.text_whole for part in parts):
-        frame = template.render(values, cards=_CARDS_TEXT_HERE)
+        frame = _rendered(template, values, cards=_CARDS_TEXT_HERE)
         before, here, after = frame.partition(_CARDS_TEXT_HERE)
         if here and (not before or before.endswith("\n")) and _CARDS_TEXT_HERE not in after:
             stretches = [(_tidied(before), False)]
@@ -1122,7 +1144,7 @@ def _text_parts(environment: jinja2.Environment, values: dict, parts: Sequence[_
             stretches.append((_tidied(after), False))
             return _joined_tidy(stretches)
     cards = "".join(part.text.replace(_RANK, str(rank)) for rank, part in enumerate(parts, 1))
-    return ((_tidy_text(template.render(values, cards=cards)), False),)
+    return ((_tidy_text(_rendered(template, values, cards=cards)), False),)
 
 
 @lru_cache(maxsize=8)

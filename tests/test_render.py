@@ -567,6 +567,27 @@ def test_wordwrap_wraps_as_jinjas_own_to_the_character():
             )
 
 
+@pytest.mark.parametrize(
+    "name", ["card.txt.j2", "card.html.j2", "digest.html.j2", "digest.txt.j2", "subject.txt.j2"]
+)
+def test_a_template_error_points_at_the_template_line(tmp_path, name):
+    """An edited template that names a value no digest has fails on its first digest, and the
+    traceback shows the template's file and line, as Jinja's own render shows them."""
+    import shutil
+    import traceback
+
+    folder = tmp_path / "templates"
+    shutil.copytree(templates_dir(), folder)
+    template = folder / name
+    text = template.read_text(encoding="utf-8")
+    template.write_text(text + "{{ no_such_value.at_all }}\n", encoding="utf-8")
+    line = text.count("\n") + 1
+    with pytest.raises(jinja2.UndefinedError) as caught:
+        render_digest(alice_digest(), make_environment(folder))
+    frames = traceback.extract_tb(caught.value.__traceback__)
+    assert any(f.filename == str(template) and f.lineno == line for f in frames), frames[-3:]
+
+
 def test_templates_are_strict_about_missing_values(tmp_path):
     (tmp_path / "broken.html.j2").write_text("{{ digest.no_such_field }}", encoding="utf-8")
     environment = make_environment(tmp_path)
