@@ -116,6 +116,9 @@ class Sending:
         self.tried: set[int] = set()
         self.down: dict[str, str] = {}
         self.refused: dict[str, list[tuple[Delivery, TransportDown, int]]] = {}
+        # Messages this run stored in the ledger (and committed) moments before sending them:
+        # sent from here rather than read back, each once (delivery id: the stored bytes).
+        self.stored: dict[int, bytes] = {}
 
     def transport_problems(
         self, kinds: Iterable[str], outcomes: Iterable[Outcome]
@@ -483,7 +486,8 @@ def send_due(
                 break
             if delivery.id in sending.tried or delivery.kind in sending.down:
                 continue
-            outcome = _send_one(store, senders, delivery, sending.owner, now, policy)
+            stored = sending.stored.pop(delivery.id, None)
+            outcome = _send_one(store, senders, delivery, sending.owner, now, policy, stored)
             if outcome is None:
                 continue
             sending.tried.add(delivery.id)
@@ -583,8 +587,10 @@ def _send_one(
     owner: str,
     now: Callable[[], datetime],
     policy: RetryPolicy,
+    stored: bytes | None = None,
 ) -> Outcome | None:
-    """Claim, send and record one delivery; None when this run does not send its kind."""
+    """Claim, send and record one delivery; None when this run does not send its kind.
+    `stored`: its message as the ledger holds it, when the caller has it (else it is read)."""
     sender = senders.get(delivery.kind)
     if sender is None:
         return None  # a kind this run does not send (e.g. webhooks while only email is set up)
@@ -598,7 +604,8 @@ def _send_one(
     try:
         # A message in several parts (a long Slack digest) records each part as it goes,
         # so a failure after part 1 never sends part 1 again. Read now, and not kept after.
-        parts = message_parts(dataclasses.replace(delivery, message=store.stored_message(delivery.id)))
+        message = stored if stored is not None else store.stored_message(delivery.id)
+        parts = message_parts(dataclasses.replace(delivery, message=message))
         if delivery.kind == "email" and "${" in delivery.recipient:  # a row an older paperbot wrote
             delivery = dataclasses.replace(delivery, recipient=_expanded(delivery.recipient))
         for number in range(delivery.parts_sent, len(parts)):

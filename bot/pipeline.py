@@ -507,7 +507,7 @@ def run_once(
             made_here = len(planned)
             with nullcontext() if dry_run else store.batch():
                 for plan, ready in zip(batch, ahead, strict=True):
-                    made = _make_one(store, plan, mail, clock, dry_run, errors, ready)
+                    made = _make_one(store, plan, mail, clock, dry_run, errors, ready, sending.stored)
                     if made is not None:
                         planned.append(made)
             for made in planned[made_here:]:  # once committed: a run killed before made none of them
@@ -567,9 +567,11 @@ def _make_one(
     dry_run: bool,
     errors: list[str],
     ready: _Ready | None = None,
+    stored: dict[int, bytes] | None = None,
 ) -> Made | None:
     """Reserve and render one planned digest (in a dry run, only render it); None, with the
-    error noted, when it cannot be made. `ready`: its message, if a helper made it already."""
+    error noted, when it cannot be made. `ready`: its message, if a helper made it already.
+    `stored`: where to keep the message the ledger now holds, by delivery id, for sending."""
     made: list[Made] = []
     compose = _composer(mail, made, ready)
     try:
@@ -577,7 +579,9 @@ def _make_one(
             shown = plan.matches[: plan.subscriber.max_papers]
             compose(plan, shown, len(plan.matches))
         else:
-            reserve_digest(store, plan, compose, clock())
+            delivery = reserve_digest(store, plan, compose, clock())
+            if stored is not None and delivery.state == "pending" and delivery.message is not None:
+                stored[delivery.id] = delivery.message
     except (BotError, ValueError) as error:
         errors.append(f"{plan.subscriber.id}/{plan.channel.name}: {error}")
         log.error("cannot make the digest of %s/%s: %s", plan.subscriber.id, plan.channel.name, error)
