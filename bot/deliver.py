@@ -117,7 +117,8 @@ class Sending:
         self.down: dict[str, str] = {}
         self.refused: dict[str, list[tuple[Delivery, TransportDown, int]]] = {}
         # Messages this run stored in the ledger (and committed) moments before sending them:
-        # sent from here rather than read back, each once (delivery id: the stored bytes).
+        # sent from here rather than read back (delivery id: the stored bytes). Each is taken
+        # once, and all are let go when a send_due call ends: memory holds a batch at most.
         self.stored: dict[int, bytes] = {}
 
     def transport_problems(
@@ -484,9 +485,9 @@ def send_due(
         for delivery in store.deliveries_to_send(now()):
             if should_stop():
                 break
+            stored = sending.stored.pop(delivery.id, None)  # taken even when not sent: kept once
             if delivery.id in sending.tried or delivery.kind in sending.down:
                 continue
-            stored = sending.stored.pop(delivery.id, None)
             outcome = _send_one(store, senders, delivery, sending.owner, now, policy, stored)
             if outcome is None:
                 continue
@@ -514,6 +515,7 @@ def send_due(
             release(store, sending, now)
         raise
     finally:
+        sending.stored.clear()  # a message not sent now is read from the ledger when it goes
         if unsynced:
             store.sync()
     if own:
@@ -603,7 +605,8 @@ def _send_one(
     attempts = delivery.attempts + 1
     try:
         # A message in several parts (a long Slack digest) records each part as it goes,
-        # so a failure after part 1 never sends part 1 again. Read now, and not kept after.
+        # so a failure after part 1 never sends part 1 again. Read now (or as the run stored
+        # it moments ago), and not kept after.
         message = stored if stored is not None else store.stored_message(delivery.id)
         parts = message_parts(dataclasses.replace(delivery, message=message))
         if delivery.kind == "email" and "${" in delivery.recipient:  # a row an older paperbot wrote

@@ -625,7 +625,7 @@ def _rendered_batches(
 ) -> Iterator[tuple[list[DigestPlan], list[_Ready | None]]]:
     """`plans` in batches of RESERVE_BATCH, each with the messages a helper rendered for it
     (None for each, rendered by the caller, when there is no helper)."""
-    batches = [plans[start : start + RESERVE_BATCH] for start in range(0, len(plans), RESERVE_BATCH)]
+    batches = _batches_of(plans)
     started = _start_helper(plans, mail) if helper_from and len(plans) >= helper_from else None
     if started is None:
         _prepare_cards_of(plans)
@@ -635,25 +635,36 @@ def _rendered_batches(
     helper, pid = started
     log.info("rendering %d digests in a helper process", len(plans))
     waited = 0.0
+    futures: deque = deque()
+    submitted = 0
+
+    def submit_batches(upto: int) -> None:
+        nonlocal submitted
+        while len(futures) < HELPER_AHEAD and submitted < upto:
+            at = submitted * RESERVE_BATCH
+            futures.append(helper.submit(_render_batch, at, at + RESERVE_BATCH))
+            submitted += 1
+
+    def rest_here(number: int, error: object) -> Iterator[tuple[list[DigestPlan], list[_Ready | None]]]:
+        log.warning("the helper process failed (%s): rendering the rest here", error)
+        _prepare_cards_of([p for batch in batches[number:] for p in batch])
+        for batch in batches[number:]:
+            yield batch, [None] * len(batch)
+
     try:
-        futures: deque = deque()
-        submitted = 0
-
-        def submit_batches(upto: int) -> None:
-            nonlocal submitted
-            while len(futures) < HELPER_AHEAD and submitted < upto:
-                at = submitted * RESERVE_BATCH
-                futures.append(helper.submit(_render_batch, at, at + RESERVE_BATCH))
-                submitted += 1
-
         # Making the cards is most of the first batches' rendering: the helper makes the first half
         # (and renders the batches that show only those) while this process makes the other half
         # and hands them over, rather than waiting.
         keys, needs = _cards_of_batches(batches)
         half = len(keys) // 2
-        helper.submit(_make_cards, half)
-        submit_batches(sum(1 for need in needs if need <= half))
-        helper.submit(_take_cards, half, made_cards(keys[half:]))
+        try:
+            sharing = [helper.submit(_make_cards, half)]
+            submit_batches(sum(1 for need in needs if need <= half))
+            cards = made_cards(keys[half:])  # its errors are this process's: they end the run
+            sharing.append(helper.submit(_take_cards, half, cards))
+        except BrokenProcessPool as error:  # died already (killed for memory, say)
+            yield from rest_here(0, error)
+            return
         for number in range(len(batches)):
             try:
                 submit_batches(len(batches))
@@ -665,16 +676,19 @@ def _rendered_batches(
                     error = f"it rendered nothing for {HELPER_PATIENCE:g} s"
                     with suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                log.warning("the helper process failed (%s): rendering the rest here", error)
-                rest = [p for batch in batches[number:] for p in batch]
-                _prepare_cards_of(rest)
-                for batch in batches[number:]:
-                    yield batch, [None] * len(batch)
+                yield from rest_here(number, error)
                 return
             yield batches[number], ready
+        for shared in sharing:  # a failure here cost time only: the helper made those cards itself
+            if shared.done() and not shared.cancelled() and shared.exception() is not None:
+                log.debug("sharing the cards with the helper failed: %r", shared.exception())
     finally:
         helper.shutdown(wait=True, cancel_futures=True)
         log.debug("waited %.2f s for the helper's rendering", waited)
+
+
+def _batches_of(plans: list[DigestPlan]) -> list[list[DigestPlan]]:
+    return [plans[start : start + RESERVE_BATCH] for start in range(0, len(plans), RESERVE_BATCH)]
 
 
 def _cards_of_batches(batches: list[list[DigestPlan]]) -> tuple[list[CardKey], list[int]]:
@@ -740,18 +754,14 @@ def _cpus() -> int:
 def _make_cards(stop: int) -> None:
     """In the helper, first: make the first `stop` cards of the plans (see _rendered_batches)."""
     assert _helper_work is not None, "a helper renders only what it inherited"
-    plans, _ = _helper_work
-    batches = [plans[start : start + RESERVE_BATCH] for start in range(0, len(plans), RESERVE_BATCH)]
-    keys, _ = _cards_of_batches(batches)
+    keys, _ = _cards_of_batches(_batches_of(_helper_work[0]))
     made_cards(keys[:stop])
 
 
 def _take_cards(start: int, cards: list) -> None:
     """In the helper: take the cards the run made, those of the plans' card keys from `start` on."""
     assert _helper_work is not None, "a helper renders only what it inherited"
-    plans, _ = _helper_work
-    batches = [plans[at : at + RESERVE_BATCH] for at in range(0, len(plans), RESERVE_BATCH)]
-    keys, _ = _cards_of_batches(batches)
+    keys, _ = _cards_of_batches(_batches_of(_helper_work[0]))
     keep_cards(keys[start:], cards)
 
 

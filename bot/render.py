@@ -35,7 +35,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from itertools import accumulate
 from pathlib import Path
@@ -543,8 +543,12 @@ def _rendered(template: jinja2.Template, values: dict, **more) -> str:
     """template.render(values, **more), the same text, errors and tracebacks; less the merging
     of the template's globals into each render's context, which Jinja does anew each time from
     a ChainMap walked key by key (a fifth of rendering a card): here from a dict made once per
-    template. (Jinja's globals are fixed once its templates load: its documentation says so.)"""
-    environment, globals_ = template.environment, _globals_of(template)
+    template. So globals set on an environment after its templates rendered are not seen (Jinja
+    advises against it; paperbot's environments set none)."""
+    environment = template.environment
+    if environment.is_async:  # its root render function is a coroutine's: Jinja's own way
+        return template.render(values, **more)
+    globals_ = _globals_of(template)
     context = jinja2.runtime.new_context(
         environment, template.name, template.blocks, {**globals_, **values, **more}, True, globals_
     )
@@ -666,7 +670,7 @@ class _CardParts:
     text_ranked: _Tidied  # from the start to the end of the last line holding the rank
     text_rest: _Tidied
     text_whole: bool  # the text ends its last line: digests join it tidied (else tidy it whole)
-    numbered: dict[int, _Tidied] = field(default_factory=dict, compare=False, repr=False)  # see _ranked
+    numbered: dict[int, _Tidied] = field(default_factory=dict, compare=False, repr=False)  # see ranked
 
     def ranked(self, rank: int) -> _Tidied:
         """text_ranked numbered `rank`: the very string in every digest that shows the card at
@@ -788,14 +792,21 @@ def _prepare(keys: Iterable[CardKey], environment: jinja2.Environment) -> int:
 
 def made_cards(keys: Sequence[CardKey], environment: jinja2.Environment | None = None) -> list:
     """The cards of `keys`, made (as prepare_cards does) to hand to another process that renders
-    digests showing them: it takes them with keep_cards, and so need not make them itself."""
+    digests showing them: it takes them with keep_cards, and so need not make them itself. None
+    for a card that cannot be made: a digest showing it says why when it is rendered."""
     environment = environment or _default_environment()
     _prepare(keys, environment)
-    return [_card_parts(environment, *key) for key in keys]
+    made: list[_CardParts | None] = []
+    for key in keys:
+        try:
+            made.append(_card_parts(environment, *key))
+        except Exception:  # the digest's own rendering meets it again, and reports it there
+            made.append(None)
+    return made
 
 
 def keep_cards(
-    keys: Sequence[CardKey], cards: Sequence, environment: jinja2.Environment | None = None
+    keys: Sequence[CardKey], cards: Sequence[_CardParts | None], environment: jinja2.Environment | None = None
 ) -> None:
     """Take the cards of `keys` that another process made (made_cards): render_digest uses them
     instead of making them again."""
@@ -804,7 +815,8 @@ def keep_cards(
     environment = environment or _default_environment()
     if len(_KEPT) + len(keys) > _PREPARED_KEPT:
         _KEPT.clear()
-    _KEPT.update(((environment, *key), card) for key, card in zip(keys, cards, strict=True))
+    kept = zip(keys, cards, strict=True)
+    _KEPT.update(((environment, *key), card) for key, card in kept if card is not None)
 
 
 _KEPT: dict[tuple, _CardParts] = {}  # (environment, *card key) -> a card another process made
@@ -1050,7 +1062,8 @@ def render_digest(digest: Digest, environment: jinja2.Environment | None = None)
     cards = [part.card for part in parts]
     subscriber = digest.subscriber
     schedule = getattr(subscriber.schedule, "text", str(subscriber.schedule))
-    local = _local_moment(digest.generated_at, subscriber.timezone)
+    # In UTC: two local times an hour apart around a DST change can be equal datetimes.
+    local = _local_moment(digest.generated_at.astimezone(UTC), subscriber.timezone)
 
     def context(shown: int) -> dict:
         return {

@@ -24,7 +24,7 @@ import binascii
 import hmac
 import json
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
@@ -123,13 +123,16 @@ def make_token(
     payload = [subscriber_id] if extra is None else [subscriber_id, extra]
     if now is None:
         return _serializer(secret, purpose, now).dumps(payload)
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
     secrets = (secret,) if isinstance(secret, str) or secret is None else tuple(secret)
-    return _maker_at(secrets, purpose, now)(payload)
+    # By its second: the stamp. (Not the datetime: two an hour apart in a DST change are equal.)
+    return _maker_at(secrets, purpose, int(now.timestamp()))(payload)
 
 
 @lru_cache(maxsize=64)
-def _maker_at(secrets: tuple[str, ...], purpose: str, now: datetime) -> Callable[[list], str]:
-    return _stamped_maker(_serializer(secrets, purpose, now))
+def _maker_at(secrets: tuple[str, ...], purpose: str, stamp: int) -> Callable[[list], str]:
+    return _stamped_maker(_serializer(secrets, purpose, datetime.fromtimestamp(stamp, UTC)))
 
 
 def _stamped_maker(serializer: URLSafeTimedSerializer) -> Callable[[list], str]:

@@ -337,6 +337,20 @@ def test_an_unreachable_server_is_transient(ledger):
         sender.send(reserve(ledger))
 
 
+def test_messages_a_run_keeps_for_sending_are_let_go_when_their_transport_is_down(ledger):
+    """A run keeps the messages it has just stored, to send them without reading them back.
+    When the server cannot be reached, none is sent, and none stays in memory for the rest of
+    the run (a big run would hold every digest): each waits in the ledger, pending."""
+    rows = [reserve(ledger, sid) for sid in ("alice", "bob", "carol")]
+    sending = Sending()
+    sending.stored.update((row.id, ledger.stored_message(row.id)) for row in rows)
+    down = SmtpSender(host="127.0.0.1", port=1, sender="p@example.org", security="none", timeout=2)
+    outcomes = send_due(ledger, {"email": down}, lambda: T0, sending=sending)
+    assert [o.status for o in outcomes] == ["down"]  # the first tells; the others are not tried
+    assert sending.stored == {}
+    assert ledger.delivery_counts() == {"pending": 3}
+
+
 def test_the_rate_limit_spaces_messages(ledger, smtp_server):
     # the clock as the sender reads it: before each send, and again after any wait
     waits, moments = [], iter([0.0, 0.1, 0.5, 0.7, 1.0])

@@ -431,6 +431,20 @@ def test_a_run_makes_the_very_token_itsdangerous_makes(secret, subscriber_id, ex
     assert read_token(secret, "digest", token, extra=extra, now=NOW) == subscriber_id
 
 
+def test_tokens_made_an_hour_apart_in_a_dst_change_carry_their_own_times():
+    """02:30 in Berlin on 25 Oct 2026 happens twice; the two are equal datetimes, an hour apart.
+    A run's token maker is kept per time: each must be stamped with its own."""
+    from zoneinfo import ZoneInfo
+
+    from bot.tokens import _serializer
+
+    first, second = (datetime(2026, 10, 25, 2, 30, tzinfo=ZoneInfo("Europe/Berlin"), fold=f) for f in (0, 1))
+    assert first == second and second.timestamp() - first.timestamp() == 3600
+    tokens = [make_token(SECRET, "digest", "bob", "p", now=moment) for moment in (first, second)]
+    assert tokens == [_serializer(SECRET, "digest", moment).dumps(["bob", "p"]) for moment in (first, second)]
+    assert tokens[0] != tokens[1]
+
+
 def test_a_token_with_a_long_repetitive_id_reads_back_and_a_compressed_one_still_reads():
     """Tokens are not compressed (too short to gain), but one made compressed, as itsdangerous
     does by default when it is shorter, is read as well."""

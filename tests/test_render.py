@@ -303,6 +303,40 @@ def test_cards_made_in_another_process_render_the_very_digest(tmp_path):
         keep_cards(keys, pickle.loads(handed))
 
 
+def test_a_card_that_cannot_be_made_is_left_to_the_digests_that_show_it(tmp_path):
+    """The run makes half of a big run's cards for its helper (made_cards): one whose template
+    fails there is handed over as None, the others as made, and the digest showing it fails
+    when it is rendered, saying why, as it would without the helper."""
+    import shutil
+
+    from bot.render import card_key, forget_cards, keep_cards, made_cards
+
+    folder = tmp_path / "templates"
+    shutil.copytree(templates_dir(), folder)
+    card = folder / "card.txt.j2"
+    papers = capture_papers()
+    broken = papers[0].title
+    card.write_text(
+        f"{{% if p.title_plain == {broken!r} %}}{{{{ no_such_value.at_all }}}}{{% endif %}}"
+        + card.read_text(encoding="utf-8"),
+        encoding="utf-8",
+    )
+    environment = make_environment(folder)
+    watches = '[[watch]]\nname = "any"\nquery = "the OR a OR of"\n'
+    digest = digest_of(subscriber_with(tmp_path, watches, max_papers=50), papers)
+    keys = list(dict.fromkeys(map(card_key, digest.matches)))
+    assert any(key[0].title == broken for key in keys) and len(keys) > 5
+    forget_cards()
+    cards = made_cards(keys, environment)
+    assert [key for key, made in zip(keys, cards, strict=True) if made is None] == [
+        key for key in keys if key[0].title == broken
+    ]
+    keep_cards(keys, cards, environment)
+    with pytest.raises(jinja2.UndefinedError, match="no_such_value"):
+        render_digest(digest, environment)
+    forget_cards()
+
+
 def test_a_frame_template_that_transforms_printed_values_is_inlined_whole_each_time(tmp_path):
     """Holes are filled with values as printed: a frame whose template changes printed output
     (here a filter block) must not be filled from another digest's layout."""
@@ -540,6 +574,22 @@ def test_each_digest_of_a_run_says_when_it_was_sent_in_its_subscribers_time_zone
         "Europe/Berlin": "2026-06-12 08:00 CEST",
         "Asia/Kolkata": "2026-06-12 11:30 IST",
     }
+
+
+def test_a_digest_made_in_the_repeated_hour_of_a_dst_change_says_its_own_time(tmp_path):
+    """02:30 in Berlin on 25 Oct 2026 happens twice: equal datetimes an hour apart. Each digest
+    says when it was sent, whichever of the two was printed first."""
+    from zoneinfo import ZoneInfo
+
+    papers = capture_papers()
+    subscriber = dataclasses.replace(subscriber_with(tmp_path, ""), timezone="UTC")
+    matches = match_papers(papers, WatchIndex([subscriber]))
+    sent = []
+    for fold in (0, 1):
+        moment = datetime(2026, 10, 25, 2, 30, tzinfo=ZoneInfo("Europe/Berlin"), fold=fold)
+        digest = build_digest(subscriber, matches, generated_at=moment, links=LINKS)
+        sent.append(re.search(r"Sent ([^.]+)\.", render_digest(digest).text).group(1))
+    assert sent == ["2026-10-25 00:30 UTC", "2026-10-25 01:30 UTC"]
 
 
 def test_wordwrap_wraps_as_jinjas_own_to_the_character():

@@ -326,6 +326,21 @@ def start_helper(*args):
     return started
 
 
+real_make_cards, real_made_cards = bot.pipeline._make_cards, bot.pipeline.made_cards
+
+
+def make_cards(stop):  # the helper's half of the cards: with options["die_sharing"], it dies there
+    if options["die_sharing"]:
+        os._exit(9)
+    return real_make_cards(stop)
+
+
+def made_cards(keys):  # the run's half: with options["die_sharing"], done once its pool knows
+    while options["die_sharing"] and not helpers[0]._broken:
+        time.sleep(0.01)
+    return real_made_cards(keys)
+
+
 def rendered_batches(plans, *args):
     # Another paperbot process, on a connection of its own, sends the first paper of each
     # digest of options["racing"] after this run planned it.
@@ -352,6 +367,8 @@ class Outbox(OutboxSender):
 
 bot.pipeline.render_message = render_message
 bot.pipeline._start_helper = start_helper
+bot.pipeline._make_cards = make_cards
+bot.pipeline.made_cards = made_cards
 bot.pipeline._rendered_batches = rendered_batches
 with open_store(db) as store:
     import_files(store, [day])
@@ -381,13 +398,14 @@ def alone_command(
     hang: tuple = (),
     racing: tuple = (),
     patience: float = 120.0,
+    die_sharing: bool = False,
     **settings,
 ) -> dict:
     """How to run run_once in a fresh interpreter (subprocess arguments): `batch` digests to a
     ledger commit, its helper dying at the digests of `die` (once the first message waits for
-    it) and hanging at those of `hang` (given up on after `patience` seconds), the digests of
-    `broken` failing to render, the first paper of those of `racing` sent by another process
-    after the run planned it."""
+    it) and hanging at those of `hang` (given up on after `patience` seconds), or dying as it
+    makes its half of the cards (`die_sharing`), the digests of `broken` failing to render, the
+    first paper of those of `racing` sent by another process after the run planned it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERBOT_")}
     env.update({f"PAPERBOT_{k.upper()}": str(v) for k, v in settings.items()})
     env["PAPERBOT_WEB_SECRET"] = "the same secret for every run"
@@ -398,6 +416,7 @@ def alone_command(
         "hang": hang,
         "racing": racing,
         "patience": patience,
+        "die_sharing": die_sharing,
     }
     args = [tmp_path / f"{name}.db", folder, tmp_path / name, DAY, FRIDAY_9AM_BERLIN.isoformat()]
     command = [sys.executable, "-c", ALONE_RUN, *map(str, args), json.dumps(options)]
@@ -451,6 +470,17 @@ def test_a_helper_that_dies_mid_run_loses_no_digest(tmp_path):
     assert "the helper process failed" in log and not errors
     assert outcomes == [[f"p{n:02}", "sent"] for n in range(12)]
     assert len(list((tmp_path / "out").iterdir())) == 12
+
+
+@NEEDS_TWO_CPUS
+def test_a_helper_that_dies_while_the_cards_are_shared_loses_no_digest(tmp_path):
+    """The helper dies as it makes its half of the cards, before the run hands it the other
+    half: the run renders every digest itself, and each is sent once."""
+    folder = subscribed(tmp_path, [f"p{n}" for n in range(6)])
+    outcomes, errors, log = run_alone(tmp_path, "out", folder, batch=2, die_sharing=True, run_helper_from=2)
+    assert "the helper process failed" in log and not errors
+    assert outcomes == [[f"p{n}", "sent"] for n in range(6)]
+    assert len(list((tmp_path / "out").iterdir())) == 6
 
 
 @NEEDS_TWO_CPUS
