@@ -758,7 +758,7 @@ def _make_cards(stop: int) -> None:
     made_cards(keys[:stop])
 
 
-def _take_cards(start: int, cards: list) -> None:
+def _take_cards(start: int, cards: list) -> None:  # cards: made_cards's, pickled
     """In the helper: take the cards the run made, those of the plans' card keys from `start` on."""
     assert _helper_work is not None, "a helper renders only what it inherited"
     keys, _ = _cards_of_batches(_batches_of(_helper_work[0]))

@@ -592,7 +592,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 def _one_line(text: str) -> str:
     """A header-safe line: every run of whitespace (line breaks too) and control character is one space."""
-    core = text.strip()  # a subject ends in a line break: not worth the translating
+    core = text.strip()  # first: else the line break ending every subject would need translating
     if _CONTROL.search(core) is None:
         return " ".join(core.split())
     return " ".join(text.translate(_CONTROLS_TO_SPACES).split())
@@ -790,7 +790,9 @@ def _prepare(keys: Iterable[CardKey], environment: jinja2.Environment) -> int:
     return len(cards)
 
 
-def made_cards(keys: Sequence[CardKey], environment: jinja2.Environment | None = None) -> list:
+def made_cards(
+    keys: Sequence[CardKey], environment: jinja2.Environment | None = None
+) -> list[_CardParts | None]:
     """The cards of `keys`, made (as prepare_cards does) to hand to another process that renders
     digests showing them: it takes them with keep_cards, and so need not make them itself. None
     for a card that cannot be made: a digest showing it says why when it is rendered."""
