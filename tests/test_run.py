@@ -81,6 +81,43 @@ def world(tmp_path, make_settings):
         yield store, folder, make_settings(), tmp_path / "outbox"
 
 
+def test_a_run_leaves_the_cycle_collector_as_it_found_it(world):
+    """A run keeps what existed before it out of the cycle collector's passes while it works
+    (bot.pipeline._freeze_what_exists): after it, nothing stays frozen for good (a daemon would
+    never collect it), and a caller's own freeze is left alone. Also when the run fails."""
+    import gc
+
+    store, folder, settings, outbox = world
+    subscription(folder, "alice", '"sparse attention"')
+    during = []
+
+    class Watching(OutboxSender):
+        def send(self, delivery):
+            during.append(gc.get_freeze_count())
+            return super().send(delivery)
+
+    assert gc.get_freeze_count() == 0
+    report = run(store, settings, folder, {"email": Watching(outbox)}, FRIDAY_9AM_BERLIN)
+    assert [o.status for o in report.outcomes] == ["sent"] and during[0] > 0
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # a caller's freeze, as before a fork
+    try:
+        mine = gc.get_freeze_count()
+        run(store, settings, folder, {"email": Watching(outbox)}, FRIDAY_9AM_BERLIN + timedelta(days=1))
+        assert gc.get_freeze_count() == mine
+    finally:
+        gc.unfreeze()
+
+    class Broken(OutboxSender):
+        def send(self, delivery):
+            raise KeyboardInterrupt
+
+    subscription(folder, "bob", '"sparse attention"')
+    with pytest.raises(KeyboardInterrupt):
+        run(store, settings, folder, {"email": Broken(outbox)}, FRIDAY_9AM_BERLIN)
+    assert gc.get_freeze_count() == 0
+
+
 def parsed(path: Path) -> email.message.EmailMessage:
     return email.message_from_bytes(path.read_bytes(), policy=policy.default)
 
