@@ -635,7 +635,8 @@ class _Ready:
 
 HELPER_AHEAD = 4  # batches the helper may render ahead of the sending: bounds the memory held
 HELPER_PATIENCE = 120.0  # seconds to wait for a batch (it takes well under one) before killing it
-_helper_work: tuple[list[DigestPlan], MessageSettings] | None = None  # what a forked helper inherits
+# What a forked helper inherits: the plans, the mail settings, and the plans' cards (their keys).
+_helper_work: tuple[list[DigestPlan], MessageSettings, list[CardKey]] | None = None
 
 
 def _rendered_batches(
@@ -643,8 +644,11 @@ def _rendered_batches(
 ) -> Iterator[tuple[list[DigestPlan], list[_Ready | None]]]:
     """`plans` in batches of RESERVE_BATCH, each with the messages a helper rendered for it
     (None for each, rendered by the caller, when there is no helper)."""
-    batches = _batches_of(plans)
-    started = _start_helper(plans, mail) if helper_from and len(plans) >= helper_from else None
+    batches = [plans[start : start + RESERVE_BATCH] for start in range(0, len(plans), RESERVE_BATCH)]
+    big = helper_from and len(plans) >= helper_from
+    # The distinct cards, in order of first showing: worked out before the fork, once for both.
+    keys, needs = _cards_of_batches(batches) if big else ([], [])
+    started = _start_helper(plans, mail, keys) if big else None
     if started is None:
         _prepare_cards_of(plans)
         for batch in batches:
@@ -673,7 +677,6 @@ def _rendered_batches(
         # Making the cards is most of the first batches' rendering: the helper makes the first half
         # (and renders the batches that show only those) while this process makes the other half
         # and hands them over, rather than waiting.
-        keys, needs = _cards_of_batches(batches)
         half = len(keys) // 2
         try:
             sharing = [helper.submit(_make_cards, half)]
@@ -705,10 +708,6 @@ def _rendered_batches(
         log.debug("waited %.2f s for the helper's rendering", waited)
 
 
-def _batches_of(plans: list[DigestPlan]) -> list[list[DigestPlan]]:
-    return [plans[start : start + RESERVE_BATCH] for start in range(0, len(plans), RESERVE_BATCH)]
-
-
 def _cards_of_batches(batches: list[list[DigestPlan]]) -> tuple[list[CardKey], list[int]]:
     """The distinct cards `batches` show (bot.render's keys), in order of first showing, and for
     each batch how many of them the batches up to it show: it can be rendered from those."""
@@ -725,13 +724,15 @@ def _prepare_cards_of(plans: list[DigestPlan]) -> None:
     prepare_cards(m for plan in plans for m in plan.matches[: plan.subscriber.max_papers])
 
 
-def _start_helper(plans: list[DigestPlan], mail: MessageSettings) -> tuple[ProcessPoolExecutor, int] | None:
-    """A forked helper holding `plans`, and its process id; None where forking is not safe (or
-    fails)."""
+def _start_helper(
+    plans: list[DigestPlan], mail: MessageSettings, keys: list[CardKey]
+) -> tuple[ProcessPoolExecutor, int] | None:
+    """A forked helper holding `plans` (and the `keys` of their cards), and its process id;
+    None where forking is not safe (or fails)."""
     global _helper_work
     if not sys.platform.startswith("linux") or threading.active_count() != 1 or _cpus() < 2:
         return None
-    _helper_work = (plans, mail)
+    _helper_work = (plans, mail, keys)
     try:
         pool = ProcessPoolExecutor(
             1,
@@ -772,21 +773,19 @@ def _cpus() -> int:
 def _make_cards(stop: int) -> None:
     """In the helper, first: make the first `stop` cards of the plans (see _rendered_batches)."""
     assert _helper_work is not None, "a helper renders only what it inherited"
-    keys, _ = _cards_of_batches(_batches_of(_helper_work[0]))
-    made_cards(keys[:stop])
+    made_cards(_helper_work[2][:stop])
 
 
 def _take_cards(start: int, cards: list) -> None:  # cards: made_cards's, pickled
     """In the helper: take the cards the run made, those of the plans' card keys from `start` on."""
     assert _helper_work is not None, "a helper renders only what it inherited"
-    keys, _ = _cards_of_batches(_batches_of(_helper_work[0]))
-    keep_cards(keys[start:], cards)
+    keep_cards(_helper_work[2][start:], cards)
 
 
 def _render_batch(start: int, stop: int) -> list[_Ready | None]:
     """In the helper: the messages of plans[start:stop] (None for one that cannot be made)."""
     assert _helper_work is not None, "a helper renders only what it inherited"
-    plans, mail = _helper_work
+    plans, mail, _ = _helper_work
     batch = plans[start:stop]
     _prepare_cards_of(batch)
     ready: list[_Ready | None] = []
