@@ -49,13 +49,28 @@ log = logging.getLogger(__name__)
 
 def format_time(moment: datetime) -> str:
     """UTC ISO text with a fixed width, so that text order is time order in SQL."""
+    if moment.tzinfo is UTC:  # a run writes the same few moments thousands of times
+        text = _UTC_TEXTS.get(moment)
+        if text is None:
+            if len(_UTC_TEXTS) >= 4096:
+                _UTC_TEXTS.clear()
+            text = _UTC_TEXTS[moment] = moment.isoformat(timespec="microseconds")
+        return text
     if moment.tzinfo is None:
         raise ValueError("naive datetime: paperbot stores only timezone-aware times")
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+_UTC_TEXTS: dict[datetime, str] = {}  # format_time's, of UTC moments only (no fold, no zone to tell apart)
+
+
 def _parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
+
+
+def _as_stored(moment: datetime) -> datetime:
+    """`moment` as the ledger gives it back: in UTC (read back from its text only when it is not)."""
+    return moment if moment.tzinfo is UTC else datetime.fromisoformat(format_time(moment))
 
 
 @dataclass(frozen=True, slots=True)
@@ -751,11 +766,14 @@ class Store:
         returned unchanged: reserving is idempotent, and safe when two processes race.
         """
         with self._immediate() as conn:
-            existing = self.find_delivery(subscriber_id, channel, period)
+            existing = conn.execute(
+                "select id from deliveries where subscriber_id = ? and channel = ? and period = ?",
+                [subscriber_id, channel, period],
+            ).fetchone()
             if existing is not None:
-                return existing
+                return self._deliveries("where id = ?", existing)[0]
             wanted = list(dict.fromkeys(paper_ids))
-            taken = self.delivered_papers(subscriber_id, channel, wanted)
+            taken = self.delivered_papers(subscriber_id, channel, wanted) if wanted else set()
             fresh = [paper_id for paper_id in wanted if paper_id not in taken]
             cursor = conn.execute(
                 "insert into deliveries (subscriber_id, channel, kind, period, recipient, state, attempts,"
@@ -788,8 +806,8 @@ class Store:
             state="new",
             attempts=0,
             paper_ids=tuple(fresh),
-            window_start=_parse_time(format_time(window_start)),
-            window_end=_parse_time(format_time(window_end)),
+            window_start=_as_stored(window_start),
+            window_end=_as_stored(window_end),
         )
 
     def delivered_papers(self, subscriber_id: str, channel: str, paper_ids: list[str]) -> set[str]:
@@ -800,7 +818,7 @@ class Store:
             marks = ",".join("?" * len(chunk))
             taken.update(
                 row[0]
-                for row in self.db.execute(
+                for row in self.db.conn.execute(
                     "select paper_id from delivery_papers where subscriber_id = ? and channel = ?"
                     f" and paper_id in ({marks})",
                     [subscriber_id, channel, *chunk],

@@ -558,3 +558,22 @@ def test_validators_are_those_of_the_last_good_fetch(store):
     assert store.validators("api", listing) == ('"v2"', None)
     assert store.validators("page", listing) == (None, None)
     assert store.validators("api", "date=2026-06-13") == (None, None)
+
+
+def test_stored_times_are_the_instant_in_utc_whatever_zone_and_fold():
+    """The ledger orders rows by the text of their times: one instant is one text, and the two
+    Berlin hours of the autumn change (equal as datetimes, an hour apart) are two texts."""
+    from zoneinfo import ZoneInfo
+
+    from bot.store import format_time
+
+    berlin = ZoneInfo("Europe/Berlin")
+    first = datetime(2026, 10, 25, 2, 30, tzinfo=berlin)
+    second = first.replace(fold=1)
+    assert format_time(T0) == "2026-06-12T08:00:00.000000+00:00"
+    assert format_time(T0.astimezone(berlin)) == format_time(T0)
+    assert format_time(first) == "2026-10-25T00:30:00.000000+00:00"
+    assert format_time(second) == "2026-10-25T01:30:00.000000+00:00"
+    assert format_time(first.astimezone(UTC)) < format_time(second.astimezone(UTC))
+    with pytest.raises(ValueError, match="naive"):
+        format_time(datetime(2026, 6, 12, 8, 0))
