@@ -197,6 +197,45 @@ def test_smtp_sends_the_stored_bytes_over_one_connection(ledger, smtp_server):
 
 
 @BOTH_SERVERS
+def test_smtp_envelopes_name_each_address_as_written(ledger, smtp_server):
+    """Plus, apostrophe and dotted addresses go as they are; a quoted local part as smtplib has it."""
+    addresses = ["o'brien+papers@example.org", "a.b-c_d@mail.example.co.uk", '"john doe"@example.org']
+    sender = smtp(smtp_server)
+    for number, address in enumerate(addresses):
+        row = reserve(ledger, f"reader{number}")
+        sender.send(dataclasses.replace(row, recipient=address))
+    sender.close()
+    assert [to for _, to, _ in smtp_server.handler.messages] == [[a] for a in addresses]
+    assert {sent_from for sent_from, _, _ in smtp_server.handler.messages} == {"papers@example.org"}
+
+
+def test_the_envelope_brackets_an_address_as_smtplib_does():
+    """The quick way for plain addresses gives what smtplib.quoteaddr gives, for those and the rest."""
+    import random
+    import smtplib
+
+    from bot.channels.email import _bracketed
+
+    written = [
+        "alice@example.org",
+        "o'brien+papers@example.org",
+        "x!#$%&*/=?^_`{|}~-@a-b.example",
+        '"john doe"@example.org',
+        "Alice <alice@example.org>",
+        "a..b@example.org",
+        ".a@example.org",
+        "a@example..org",
+        "a@[127.0.0.1]",
+        "not an address",
+        "",
+    ]
+    rng = random.Random(4)
+    made = ["".join(rng.choice("ab9!'.-+@ <>\"") for _ in range(rng.randint(1, 12))) for _ in range(20_000)]
+    for address in written + made:
+        assert _bracketed(address) == smtplib.quoteaddr(address), address
+
+
+@BOTH_SERVERS
 def test_smtp_doubles_a_leading_dot_so_the_message_arrives_as_stored(ledger, smtp_server):
     """paperbot's own messages have no line starting with "." (bot.message writes it =2E), but
     a message stored by an earlier version may: SMTP's dot-stuffing must keep it whole."""

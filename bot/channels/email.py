@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 
 SECURITY = ("starttls", "tls", "none")
 _LEADING_DOT = re.compile(rb"^\.", re.M)
+# An address of plain dot-atoms (RFC 5322 3.2.3), as nearly all are: smtplib.quoteaddr puts
+# it in angle brackets as it is, after a parse that took 7 µs (twice a message).
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+)
 
 
 # Replies that refuse paperbot itself, whoever the message is for: its login or its sender
@@ -170,11 +175,7 @@ class SmtpSender:
         if not smtp.has_extn("pipelining"):
             return smtp.sendmail(self.sender, [recipient], data)
         size = f" SIZE={len(data)}" if smtp.has_extn("size") else ""
-        commands = (
-            f"MAIL FROM:{smtplib.quoteaddr(self.sender)}{size}\r\n"
-            f"RCPT TO:{smtplib.quoteaddr(recipient)}\r\n"
-            "DATA\r\n"
-        )
+        commands = f"MAIL FROM:{_bracketed(self.sender)}{size}\r\nRCPT TO:{_bracketed(recipient)}\r\nDATA\r\n"
         smtp.send(commands.encode("ascii"))
         mail, rcpt, go = smtp.getreply(), smtp.getreply(), smtp.getreply()
         if go[0] == 354 and (mail[0] != 250 or rcpt[0] not in (250, 251)):
@@ -222,6 +223,11 @@ class SmtpSender:
             except (OSError, smtplib.SMTPException):
                 pass
             self._drop()
+
+
+def _bracketed(address: str) -> str:
+    """The address as MAIL FROM and RCPT TO take it: smtplib.quoteaddr's, quicker for a plain one."""
+    return f"<{address}>" if _PLAIN_ADDRESS.fullmatch(address) else smtplib.quoteaddr(address)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
