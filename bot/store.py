@@ -907,8 +907,10 @@ class Store:
             )
 
     def sync(self) -> None:
-        """Wait until every commit so far is on disk (an fsync of the database and its WAL)."""
-        for path in (self.path, f"{self.path}-wal"):
+        """Wait until every commit so far is on disk: an fsync of the write-ahead log, as
+        synchronous=FULL does at each commit (the database file has its own at each checkpoint,
+        before the log that held its pages is reused); of the database file when there is no log."""
+        for path in (f"{self.path}-wal", self.path):
             try:
                 descriptor = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
@@ -917,6 +919,7 @@ class Store:
                 os.fsync(descriptor)
             finally:
                 os.close(descriptor)
+            return
 
     def mark_part_sent(self, delivery_id: int, parts_sent: int) -> None:
         """Record that the first `parts_sent` parts of a message in several parts went out (see mark_sent)."""
