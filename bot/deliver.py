@@ -116,10 +116,10 @@ class Sending:
         self.tried: set[int] = set()
         self.down: dict[str, str] = {}
         self.refused: dict[str, list[tuple[Delivery, TransportDown, int]]] = {}
-        # Messages this run stored in the ledger (and committed) moments before sending them:
-        # sent from here rather than read back (delivery id: the stored bytes). Each is taken
-        # once, and all are let go when a send_due call ends: memory holds a batch at most.
-        self.stored: dict[int, bytes] = {}
+        # Digests this run stored in the ledger (and committed) moments before sending them, as
+        # written, messages and all: sent from here rather than read back. Each is taken once,
+        # and all are let go when a send_due call ends: memory holds a batch at most.
+        self.stored: dict[int, Delivery] = {}
 
     def transport_problems(
         self, kinds: Iterable[str], outcomes: Iterable[Outcome]
@@ -482,13 +482,13 @@ def send_due(
     sending = sending if sending is not None else Sending()
     synced, unsynced = monotonic(), False
     try:
-        for delivery in store.deliveries_to_send(now()):
+        for delivery in store.deliveries_to_send(now(), sending.stored):
             if should_stop():
                 break
-            stored = sending.stored.pop(delivery.id, None)  # taken even when not sent: kept once
+            sending.stored.pop(delivery.id, None)  # taken even when not sent: kept once
             if delivery.id in sending.tried or delivery.kind in sending.down:
                 continue
-            outcome = _send_one(store, senders, delivery, sending.owner, now, policy, stored)
+            outcome = _send_one(store, senders, delivery, sending.owner, now, policy)
             if outcome is None:
                 continue
             sending.tried.add(delivery.id)
@@ -589,10 +589,9 @@ def _send_one(
     owner: str,
     now: Callable[[], datetime],
     policy: RetryPolicy,
-    stored: bytes | None = None,
 ) -> Outcome | None:
-    """Claim, send and record one delivery; None when this run does not send its kind.
-    `stored`: its message as the ledger holds it, when the caller has it (else it is read)."""
+    """Claim, send and record one delivery; None when this run does not send its kind. Its
+    message is read from the ledger, unless the delivery holds it (as the ledger has it)."""
     sender = senders.get(delivery.kind)
     if sender is None:
         return None  # a kind this run does not send (e.g. webhooks while only email is set up)
@@ -607,12 +606,14 @@ def _send_one(
         # A message in several parts (a long Slack digest) records each part as it goes,
         # so a failure after part 1 never sends part 1 again. Read now (or as the run stored
         # it moments ago), and not kept after.
-        message = stored if stored is not None else store.stored_message(delivery.id)
-        parts = message_parts(dataclasses.replace(delivery, message=message))
+        if delivery.message is None:
+            delivery = dataclasses.replace(delivery, message=store.stored_message(delivery.id))
+        parts = message_parts(delivery)
         if delivery.kind == "email" and "${" in delivery.recipient:  # a row an older paperbot wrote
             delivery = dataclasses.replace(delivery, recipient=_expanded(delivery.recipient))
         for number in range(delivery.parts_sent, len(parts)):
-            sender.send(dataclasses.replace(delivery, message=parts[number]))
+            part = parts[number]
+            sender.send(delivery if part is delivery.message else dataclasses.replace(delivery, message=part))
             if len(parts) > 1:
                 store.mark_part_sent(delivery.id, number + 1)
     except DeliveryError as error:

@@ -585,11 +585,11 @@ def _make_one(
     dry_run: bool,
     errors: list[str],
     ready: _Ready | None = None,
-    stored: dict[int, bytes] | None = None,
+    stored: dict[int, Delivery] | None = None,
 ) -> Made | None:
     """Reserve and render one planned digest (in a dry run, only render it); None, with the
     error noted, when it cannot be made. `ready`: its message, if a helper made it already.
-    `stored`: where to keep the message the ledger now holds, by delivery id, for sending."""
+    `stored`: where to keep the digest as the ledger now holds it, by id, for sending."""
     made: list[Made] = []
     compose = _composer(mail, made, ready)
     try:
@@ -599,7 +599,7 @@ def _make_one(
         else:
             delivery = reserve_digest(store, plan, compose, clock())
             if stored is not None and delivery.state == "pending" and delivery.message is not None:
-                stored[delivery.id] = delivery.message
+                stored[delivery.id] = delivery
     except (BotError, ValueError) as error:
         errors.append(f"{plan.subscriber.id}/{plan.channel.name}: {error}")
         log.error("cannot make the digest of %s/%s: %s", plan.subscriber.id, plan.channel.name, error)

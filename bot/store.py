@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -862,17 +862,39 @@ class Store:
         """Digests whose papers are reserved but whose message was never stored (a crash)."""
         return self._deliveries("where state = 'new' order by id", [])
 
-    def deliveries_to_send(self, now: datetime) -> list[Delivery]:
+    def deliveries_to_send(
+        self, now: datetime, known: Mapping[int, Delivery] | None = None
+    ) -> list[Delivery]:
         """Pending digests whose time has come, and those whose sender died mid-send; without
         their messages, which `stored_message` reads one at a time (a big run's messages
-        need not all be in memory at once)."""
+        need not all be in memory at once). `known`: rows as the caller wrote them moments
+        ago (a run's digests just stored, messages and all): each of those that nobody has
+        tried since (pending, no attempt, no part sent) is given as it is, not read again."""
         stamp = format_time(now)
-        return self._deliveries(
+        due = (
             "where (state = 'pending' and coalesce(next_attempt_at, '') <= ?)"
-            " or (state = 'sending' and claimed_until < ?) order by created_at, id",
-            [stamp, stamp],
-            messages=False,
+            " or (state = 'sending' and claimed_until < ?)"
         )
+        if not known:
+            return self._deliveries(f"{due} order by created_at, id", [stamp, stamp], messages=False)
+        rows = self.db.conn.execute(
+            f"select id, state, attempts, parts_sent from deliveries {due} order by created_at, id",
+            [stamp, stamp],
+        ).fetchall()
+        found: dict[int, Delivery | None] = {}
+        untried = ("pending", 0, 0)  # state, attempts, parts sent
+        for delivery_id, *now_is in rows:
+            held = known.get(delivery_id)
+            as_written = held is not None and (held.state, held.attempts, held.parts_sent) == untried
+            found[delivery_id] = held if as_written and tuple(now_is) == untried else None
+        read = [delivery_id for delivery_id, held in found.items() if held is None]
+        for start in range(0, len(read), 500):
+            chunk = read[start : start + 500]
+            for delivery in self._deliveries(
+                f"where id in ({','.join('?' * len(chunk))})", chunk, messages=False
+            ):
+                found[delivery.id] = delivery
+        return [delivery for delivery in found.values() if delivery is not None]
 
     def stored_message(self, delivery_id: int) -> bytes | None:
         """The rendered message of a digest, as attach_message stored it."""

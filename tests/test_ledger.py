@@ -387,12 +387,32 @@ def test_messages_a_run_keeps_for_sending_are_let_go_when_their_transport_is_dow
     the run (a big run would hold every digest): each waits in the ledger, pending."""
     rows = [reserve(ledger, sid) for sid in ("alice", "bob", "carol")]
     sending = Sending()
-    sending.stored.update((row.id, ledger.stored_message(row.id)) for row in rows)
+    sending.stored.update((row.id, row) for row in rows)
     down = SmtpSender(host="127.0.0.1", port=1, sender="p@example.org", security="none", timeout=2)
     outcomes = send_due(ledger, {"email": down}, lambda: T0, sending=sending)
     assert [o.status for o in outcomes] == ["down"]  # the first tells; the others are not tried
     assert sending.stored == {}
     assert ledger.delivery_counts() == {"pending": 3}
+
+
+def test_a_digest_kept_in_memory_that_another_process_tried_since_is_read_again(ledger, smtp_server):
+    """A run sends the digests it has just stored from memory, as it wrote them; one that
+    another paperbot process has tried since (and that is due again) is read from the ledger,
+    so its attempts count: here the second failure is its last."""
+    policy = RetryPolicy(max_attempts=2, first_wait=timedelta(0))
+    alice, bob = reserve(ledger, "alice"), reserve(ledger, "bob")
+    sending = Sending()
+    sending.stored.update({alice.id: alice, bob.id: bob})
+    with open_store(ledger.path) as other:  # tried once by another process: 451, due again now
+        assert other.claim_delivery(alice.id, "other", T0, policy.lease)
+        assert other.mark_retry(alice.id, "451 4.3.0 later", T0)
+    smtp_server.handler.replies = ["451 4.3.0 later again"]
+    sender = smtp(smtp_server)
+    outcomes = send_due(ledger, {"email": sender}, lambda: T0, policy, sending=sending)
+    sender.close()
+    assert [(o.delivery.subscriber_id, o.status) for o in outcomes] == [("alice", "failed"), ("bob", "sent")]
+    assert "gave up after 2 attempts" in ledger.get_delivery(alice.id).last_error
+    assert [to for _, to, _ in smtp_server.handler.messages] == [["bob@example.org"]]
 
 
 def test_the_rate_limit_spaces_messages(ledger, smtp_server):
