@@ -153,21 +153,27 @@ def rank_matches(matches: Iterable[Match]) -> list[Match]:
     return sorted(matches, key=lambda m: (-m.score, -(m.paper.upvotes or 0), m.paper.id))
 
 
-def _routed(match: Match, subscriber: Subscriber, channel: Channel, instant: bool = False) -> Match | None:
-    """The match as this channel's digest (or instant alert) sees it: only the watches routed to it."""
-    watches = {w.name: w for w in subscriber.watches}
+def _routed(
+    matches: list[Match], subscriber: Subscriber, channel: Channel, instant: bool = False
+) -> list[Match]:
+    """The matches as this channel's digest (or instant alert) sees them: only the watches routed
+    to it, and only the matches left with one."""
     mode = "instant" if instant else "digest"
-    kept = tuple(
-        name
-        for name in match.watches
-        if watches[name].delivery == mode
-        and (not watches[name].channels or channel.name in watches[name].channels)
-    )
-    if not kept:
-        return None
-    if kept == match.watches:
-        return match
-    return Match(match.subscriber_id, match.paper, kept, match.score, match.hits, match.reasons)
+    routed = {
+        watch.name
+        for watch in subscriber.watches
+        if watch.delivery == mode and (not watch.channels or channel.name in watch.channels)
+    }
+    if len(routed) == len(subscriber.watches):  # every watch (their names differ): as they are
+        return matches
+    kept = []
+    for match in matches:
+        names = tuple(name for name in match.watches if name in routed)
+        if names == match.watches:
+            kept.append(match)
+        elif names:
+            kept.append(dataclasses.replace(match, watches=names))
+    return kept
 
 
 def plan_digests(
@@ -229,9 +235,11 @@ def plan_digests(
                     )
                 )
                 continue
-            reason = store.suppression(subscriber.id, channel.name)
-            if reason:
-                skips.append(Skip(subscriber.id, channel.name, f"suppressed: {reason}"))
+            marks = store.digest_marks(
+                subscriber.id, channel.name, None if preview or period is None else period.key, instant
+            )
+            if marks.suppressed:
+                skips.append(Skip(subscriber.id, channel.name, f"suppressed: {marks.suppressed}"))
                 continue
             if period is None:
                 skips.append(Skip(subscriber.id, channel.name, "no digest schedule"))
@@ -246,13 +254,12 @@ def plan_digests(
                     )
                 )
                 continue
-            made = None if preview else store.find_delivery(subscriber.id, channel.name, period.key)
-            if made is not None:  # send_due takes care of it if it is not sent yet
+            if marks.state is not None:  # send_due takes care of it if it is not sent yet
                 skips.append(
-                    Skip(subscriber.id, channel.name, f"the {period.key} digest is {made.state} already")
+                    Skip(subscriber.id, channel.name, f"the {period.key} digest is {marks.state} already")
                 )
                 continue
-            start = since or store.last_window_end(subscriber.id, channel.name, instant=instant)
+            start = since or marks.last_window_end
             if start is None:
                 if latest is None:
                     skips.append(Skip(subscriber.id, channel.name, "no papers stored yet"))
@@ -278,11 +285,7 @@ def plan_digests(
                 quiet = f"no new papers upstream since {start:%Y-%m-%d %H:%M} UTC"
                 skips.append(Skip(subscriber.id, channel.name, quiet, closes))
                 continue
-            routed = [
-                m
-                for m in (_routed(m, subscriber, channel, instant) for m in found.get(subscriber.id, []))
-                if m
-            ]
+            routed = _routed(found.get(subscriber.id, []), subscriber, channel, instant)
             # A preview shows what the watches find, sent before or not.
             ids = [m.paper.id for m in routed]
             already = set() if preview else store.delivered_papers(subscriber.id, channel.name, ids)

@@ -131,6 +131,15 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class DigestMarks:
+    """What the ledger holds that decides one subscriber channel's next digest (Store.digest_marks)."""
+
+    suppressed: str | None  # why its sending is suppressed (Store.suppression), or None
+    state: str | None  # the state of the period's digest, if the ledger has it
+    last_window_end: datetime | None  # where the next window starts (Store.last_window_end)
+
+
+@dataclass(frozen=True, slots=True)
 class Window:
     """What a stretch of time [start, end) brought, with counts as they were at its end."""
 
@@ -1039,6 +1048,22 @@ class Store:
             None,
         )
         return _parse_time(row["last"]) if row and row["last"] else None
+
+    def digest_marks(
+        self, subscriber_id: str, channel: str, period: str | None, instant: bool = False
+    ) -> DigestMarks:
+        """`suppression`, the state of `find_delivery`'s digest for `period` (None: no period)
+        and `last_window_end`, in one query: planning asks all three of every subscriber."""
+        kind = "like" if instant else "not like"
+        suppressed, state, last = self.db.conn.execute(
+            "select (select reason from suppressions where subscriber_id = ?1 and channel in (?2, '*')"
+            "        order by channel = '*' desc limit 1),"
+            " (select state from deliveries where subscriber_id = ?1 and channel = ?2 and period = ?3),"
+            " (select max(window_end) from deliveries where subscriber_id = ?1 and channel = ?2"
+            f"        and period {kind} 'instant%')",
+            [subscriber_id, channel, period],
+        ).fetchone()
+        return DigestMarks(suppressed, state, _parse_time(last))
 
     def delivery_counts(self) -> dict[str, int]:
         """How many ledger rows are in each state."""

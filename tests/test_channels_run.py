@@ -182,3 +182,31 @@ def test_instant_watches_alert_at_once_and_digest_watches_wait(
     assert not set(instant.delivery.paper_ids) & set(digest.delivery.paper_ids)
     again, _ = run(tmp_path, make_settings, NOW + timedelta(minutes=30))
     assert again.outcomes == ()  # nothing new: no second alert
+
+
+def test_a_watch_routed_to_one_channel_shows_only_in_that_channels_digest(tmp_path, monkeypatch, stored):
+    """A watch with `channels = ["lab"]` feeds the lab's digest alone: the email digest leaves
+    out the papers only it found, and does not name it on the papers another watch found too."""
+    from bot.deliver import plan_digests
+
+    monkeypatch.setenv("DAN_SLACK_URL", "https://hooks.slack.com/services/T0/B0/x")
+    write(
+        tmp_path / "subscriptions",
+        "dan",
+        'email = "dan@example.org"\ntimezone = "Europe/Berlin"\nschedule = "daily 08:00"\n'
+        '[channels]\nemail = true\nlab = { kind = "slack", url = "${DAN_SLACK_URL}" }\n'
+        '[[watch]]\nname = "lab only"\nquery = "model*"\nchannels = ["lab"]\n'
+        '[[watch]]\nname = "everywhere"\nquery = "agent*"\n',
+    )
+    people = list(load_subscriptions(tmp_path / "subscriptions").subscribers)
+    with open_store(tmp_path / "paperbot.db") as store:
+        plans, _ = plan_digests(store, people, NOW, kinds=("email", "slack"))
+    by_channel = {plan.channel.name: plan for plan in plans}
+    lab = {m.paper.id: m.watches for m in by_channel["lab"].matches}
+    assert {("lab only",), ("lab only", "everywhere"), ("everywhere",)} <= set(lab.values())
+    expected = {
+        paper_id: tuple(w for w in names if w != "lab only")
+        for paper_id, names in lab.items()
+        if names != ("lab only",)
+    }
+    assert {m.paper.id: m.watches for m in by_channel["email"].matches} == expected
