@@ -122,6 +122,22 @@ def parsed(path: Path) -> email.message.EmailMessage:
     return email.message_from_bytes(path.read_bytes(), policy=policy.default)
 
 
+def test_an_unsubscribed_or_suppressed_channel_gets_nothing_and_the_others_go(world):
+    """An unsubscribe (every channel, "*") and a suppressed address (one channel) keep their
+    digests back whatever the subscription files say; the others go, once."""
+    store, folder, settings, outbox = world
+    for sid in ("alice", "bob", "carol"):
+        subscription(folder, sid)
+    store.suppress("bob", "*", "bob@example.org", "unsubscribed via the link", FRIDAY_9AM_BERLIN)
+    store.suppress("carol", "email", "carol@example.org", "3 permanent failures", FRIDAY_9AM_BERLIN)
+    report = run(store, settings, folder, {"email": OutboxSender(outbox)}, FRIDAY_9AM_BERLIN)
+    assert [(o.delivery.subscriber_id, o.status) for o in report.outcomes] == [("alice", "sent")]
+    skipped = {s.subscriber_id: s.reason for s in report.skipped}
+    assert skipped["bob"] == "suppressed: unsubscribed via the link"
+    assert skipped["carol"] == "suppressed: 3 permanent failures"
+    assert len(list(outbox.iterdir())) == 1
+
+
 def test_a_due_digest_reaches_the_outbox_once(world):
     store, folder, settings, outbox = world
     subscription(folder, "alice", '"sparse attention"')
