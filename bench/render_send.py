@@ -275,6 +275,9 @@ class TimedSender:
     def __init__(self, sender: SmtpSender):
         self.sender, self.seconds, self.first = sender, 0.0, None
 
+    def expect(self, delivery: Delivery) -> None:
+        self.sender.expect(delivery)
+
     def send(self, delivery: Delivery) -> None:
         started = time.perf_counter()
         if self.first is None:

@@ -485,13 +485,17 @@ def send_due(
     sending = sending if sending is not None else Sending()
     synced, unsynced = monotonic(), False
     try:
-        for delivery in store.deliveries_to_send(now(), sending.stored):
+        due = store.deliveries_to_send(now(), sending.stored)
+        for place, delivery in enumerate(due):
             if should_stop():
                 break
             sending.stored.pop(delivery.id, None)  # taken even when not sent: kept once
             if delivery.id in sending.tried or delivery.kind in sending.down:
                 continue
-            outcome = _send_one(store, senders, delivery, sending.owner, now, policy)
+            following = due[place + 1] if place + 1 < len(due) else None
+            if following is not None and (following.kind != delivery.kind or following.id in sending.tried):
+                following = None
+            outcome = _send_one(store, senders, delivery, sending.owner, now, policy, following)
             if outcome is None:
                 continue
             sending.tried.add(delivery.id)
@@ -592,9 +596,11 @@ def _send_one(
     owner: str,
     now: Callable[[], datetime],
     policy: RetryPolicy,
+    following: Delivery | None = None,
 ) -> Outcome | None:
     """Claim, send and record one delivery; None when this run does not send its kind. Its
-    message is read from the ledger, unless the delivery holds it (as the ledger has it)."""
+    message is read from the ledger, unless the delivery holds it (as the ledger has it).
+    `following`: the delivery likely to go next, for a sender that can prepare for it (expect)."""
     sender = senders.get(delivery.kind)
     if sender is None:
         return None  # a kind this run does not send (e.g. webhooks while only email is set up)
@@ -614,6 +620,9 @@ def _send_one(
         parts = message_parts(delivery)
         if delivery.kind == "email" and "${" in delivery.recipient:  # a row an older paperbot wrote
             delivery = dataclasses.replace(delivery, recipient=_expanded(delivery.recipient))
+        expect = getattr(sender, "expect", None)
+        if expect is not None and following is not None and following.message and len(parts) == 1:
+            expect(following)
         for number in range(delivery.parts_sent, len(parts)):
             part = parts[number]
             sender.send(delivery if part is delivery.message else dataclasses.replace(delivery, message=part))

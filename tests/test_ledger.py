@@ -241,6 +241,75 @@ def test_the_envelope_brackets_an_address_as_smtplib_does():
 
 
 @BOTH_SERVERS
+def test_the_next_messages_envelope_goes_ahead_and_each_message_arrives_whole(ledger, smtp_server):
+    """With `expect`, the next message's MAIL, RCPT and DATA go out with the end of the one sent
+    now; its content only when it is sent. Every message arrives once, whole, in one session."""
+    rows = [reserve(ledger, sid) for sid in ("alice", "bob", "carol")]
+    sender = smtp(smtp_server)
+    for row, following in zip(rows, [*rows[1:], None], strict=True):
+        if following is not None:
+            sender.expect(following)
+        sender.send(row)
+    sender.close()
+    got = smtp_server.handler.messages
+    assert [to for _, to, _ in got] == [["alice@example.org"], ["bob@example.org"], ["carol@example.org"]]
+    assert [data for _, _, data in got] == [MESSAGE] * 3
+    assert smtp_server.handler.sessions == 1
+
+
+@pytest.mark.parametrize("then", ["another message", "nothing", "close"])
+def test_an_envelope_sent_ahead_for_a_message_that_does_not_follow_delivers_nothing(
+    ledger, smtp_server, then
+):
+    """The expected message may not come next (another process claimed it, the run stopped):
+    its envelope, which the server answered with 354, is ended by closing the connection, never
+    by a bare "." (an empty message) or a command the server would take as its content."""
+    alice, bob, carol = (reserve(ledger, sid) for sid in ("alice", "bob", "carol"))
+    sender = smtp(smtp_server)
+    sender.expect(bob)
+    sender.send(alice)
+    if then == "another message":
+        sender.send(carol)
+    elif then == "close":
+        sender.close()
+    sender.close()
+    expected = [["alice@example.org"]] + ([["carol@example.org"]] if then == "another message" else [])
+    assert [to for _, to, _ in smtp_server.handler.messages] == expected
+    assert [data for _, _, data in smtp_server.handler.messages] == [MESSAGE] * len(expected)
+
+
+@pytest.mark.parametrize("reply", ["451 4.3.0 try later", "550 5.7.1 rejected"])
+def test_a_refused_message_with_the_next_envelope_ahead_leaves_the_next_one_whole(ledger, smtp_server, reply):
+    """The server refuses a message's content after the next one's envelope went with it: the
+    refusal is that message's own, and the next arrives whole (a RSET there would have been
+    taken as its content)."""
+    alice, bob = reserve(ledger, "alice"), reserve(ledger, "bob")
+    smtp_server.handler.replies = [reply]
+    sender = smtp(smtp_server)
+    sender.expect(bob)
+    with pytest.raises(TransientError if reply.startswith("4") else PermanentError, match=reply[:3]):
+        sender.send(alice)
+    sender.send(bob)
+    sender.close()
+    assert [(to, data) for _, to, data in smtp_server.handler.messages] == [(["bob@example.org"], MESSAGE)]
+
+
+def test_a_refused_recipient_met_in_an_envelope_sent_ahead_is_its_own_failure(ledger, smtp_server):
+    alice, bob, carol = (reserve(ledger, sid) for sid in ("alice", "bob", "carol"))
+    smtp_server.handler.rcpt_replies = {"bob@example.org": "550 5.1.1 no such user"}
+    sender = smtp(smtp_server)
+    sender.expect(bob)
+    sender.send(alice)
+    sender.expect(carol)
+    with pytest.raises(PermanentError, match="550 5.1.1"):
+        sender.send(bob)
+    sender.send(carol)
+    sender.close()
+    assert [to for _, to, _ in smtp_server.handler.messages] == [["alice@example.org"], ["carol@example.org"]]
+    assert [data for _, _, data in smtp_server.handler.messages] == [MESSAGE] * 2
+
+
+@BOTH_SERVERS
 def test_smtp_doubles_a_leading_dot_so_the_message_arrives_as_stored(ledger, smtp_server):
     """paperbot's own messages have no line starting with "." (bot.message writes it =2E), but
     a message stored by an earlier version may: SMTP's dot-stuffing must keep it whole."""

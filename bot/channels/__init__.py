@@ -15,7 +15,9 @@ __all__ = ["Sender"]
 
 
 class Sender(Protocol):
-    """Sends rendered deliveries of one kind (email, slack, webhook)."""
+    """Sends rendered deliveries of one kind (email, slack, webhook). A sender may also have
+    `expect(delivery)`, told the delivery likely to be sent next (bot.channels.email's SMTP
+    sends its envelope ahead); bot.deliver calls it where it exists."""
 
     def send(self, delivery: Delivery) -> None:
         """Hand over one message; raise TransientError or PermanentError when it is not taken."""

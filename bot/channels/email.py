@@ -89,6 +89,9 @@ class SmtpSender:
         self._sleep, self._clock = sleep, clock
         self._smtp: smtplib.SMTP | None = None
         self._last_send: float | None = None
+        self._following: Delivery | None = None  # see expect
+        # (delivery id, recipient) of the envelope sent after the last message, its replies unread
+        self._ahead: tuple[int, str] | None = None
 
     def _connect(self) -> smtplib.SMTP:
         try:
@@ -122,15 +125,33 @@ class SmtpSender:
                 self._sleep(wait)
         self._last_send = self._clock()
 
+    def expect(self, delivery: Delivery) -> None:
+        """Say which delivery the next `send` will most likely be: its envelope (MAIL FROM, RCPT
+        TO, DATA) goes out with the end of the message sent now, and the server's replies to it
+        come with its reply to that message (RFC 2920 lets a group of commands begin with the
+        end of a message): one wait for the server a message, not two. Its content goes only
+        once it is sent, after the ledger has claimed it; should another delivery come next
+        instead, the connection is closed, which ends the envelope with nothing delivered.
+        Only for a plain address and a message at hand, and not under a rate limit."""
+        plain = _PLAIN_ADDRESS.fullmatch(delivery.recipient)
+        self._following = delivery if plain and delivery.message and not self.interval else None
+
     def send(self, delivery: Delivery) -> None:
         """Send the delivery's stored bytes to its recipient, reusing the open connection."""
+        following, self._following = self._following, None
         if not delivery.message:
             raise PermanentError(f"delivery {delivery.id} has no rendered message")
         self._wait_for_rate()
+        opened = self._ahead is not None and self._ahead == (delivery.id, delivery.recipient)
+        if self._ahead is not None and not opened:
+            # The server may be waiting for that message's content: only the connection's end
+            # closes that envelope without delivering anything.
+            self._drop()
+        self._ahead = None
         if self._smtp is None:
             self._smtp = self._connect()
         try:
-            refused = self._transact(self._smtp, delivery.recipient, delivery.message)
+            refused = self._transact(self._smtp, delivery.recipient, delivery.message, opened, following)
         except smtplib.SMTPRecipientsRefused as error:
             self._reset()
             code, text = next(iter(error.recipients.values()))
@@ -163,20 +184,27 @@ class SmtpSender:
             code, text = next(iter(refused.values()))
             raise _reply_error(code, text, f"the server refused {delivery.recipient}")
 
-    def _transact(self, smtp: smtplib.SMTP, recipient: str, data: bytes) -> dict:
+    def _transact(
+        self,
+        smtp: smtplib.SMTP,
+        recipient: str,
+        data: bytes,
+        opened: bool = False,
+        following: Delivery | None = None,
+    ) -> dict:
         """One message: MAIL, RCPT, DATA. When the server offers PIPELINING (RFC 2920; Postfix,
         Exim and the big providers do), the three commands go out in one write and their replies
         are read together: two round trips a message instead of smtplib's four, and none of its
-        per-line rewriting of bytes that are already CRLF. Replies raise what smtplib.sendmail
-        raises, so both paths end the same way."""
+        per-line rewriting of bytes that are already CRLF; one, when they went out `opened`
+        with the previous message's end, and those of `following` go with this one's (expect).
+        Replies raise what smtplib.sendmail raises, so both paths end the same way."""
         if "\r" in recipient or "\n" in recipient:  # smtplib refuses these too; here before any write
             raise PermanentError(f"{recipient!r} is not one address: it holds a line break")
         smtp.ehlo_or_helo_if_needed()
         if not smtp.has_extn("pipelining"):
             return smtp.sendmail(self.sender, [recipient], data)
-        size = f" SIZE={len(data)}" if smtp.has_extn("size") else ""
-        commands = f"MAIL FROM:{_bracketed(self.sender)}{size}\r\nRCPT TO:{_bracketed(recipient)}\r\nDATA\r\n"
-        smtp.send(commands.encode("ascii"))
+        if not opened:
+            smtp.send(self._envelope(smtp, recipient, data))
         mail, rcpt, go = smtp.getreply(), smtp.getreply(), smtp.getreply()
         if go[0] == 354 and (mail[0] != 250 or rcpt[0] not in (250, 251)):
             # A server that says 354 without a recipient gets an empty message. What it does
@@ -194,13 +222,26 @@ class SmtpSender:
             raise smtplib.SMTPDataError(*go)
         if data.startswith(b".") or b"\n." in data:
             data = _LEADING_DOT.sub(b"..", data)  # dot-stuffing (RFC 5321 4.5.2)
-        smtp.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
+        end = b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"
+        if following is not None and following.message:
+            end += self._envelope(smtp, following.recipient, following.message)
+            self._ahead = (following.id, following.recipient)
+        smtp.send(data + end)
         code, text = smtp.getreply()
         if code != 250:
             raise smtplib.SMTPDataError(code, text)
         return {}
 
+    def _envelope(self, smtp: smtplib.SMTP, recipient: str, data: bytes) -> bytes:
+        """MAIL FROM, RCPT TO and DATA for one message, to go out in one write."""
+        size = f" SIZE={len(data)}" if smtp.has_extn("size") else ""
+        sender, to = _bracketed(self.sender), _bracketed(recipient)
+        return f"MAIL FROM:{sender}{size}\r\nRCPT TO:{to}\r\nDATA\r\n".encode("ascii")
+
     def _reset(self) -> None:
+        if self._ahead is not None:  # the server may be waiting for the next message's content
+            self._drop()
+            return
         try:
             if self._smtp is not None:
                 self._smtp.rset()
@@ -213,16 +254,17 @@ class SmtpSender:
                 self._smtp.close()
             except OSError:
                 pass
-        self._smtp = None
+        self._smtp, self._ahead = None, None
 
     def close(self) -> None:
-        """Say QUIT and close the connection, if one is open."""
-        if self._smtp is not None:
+        """Say QUIT and close the connection, if one is open (only close it while an envelope
+        sent ahead waits: a QUIT would be taken for that message's content)."""
+        if self._smtp is not None and self._ahead is None:
             try:
                 self._smtp.quit()
             except (OSError, smtplib.SMTPException):
                 pass
-            self._drop()
+        self._drop()
 
 
 def _bracketed(address: str) -> str:
