@@ -604,11 +604,11 @@ def _send_one(
     sender = senders.get(delivery.kind)
     if sender is None:
         return None  # a kind this run does not send (e.g. webhooks while only email is set up)
-    reason = store.suppression(delivery.subscriber_id, delivery.channel)
-    if reason:
-        store.mark_failed(delivery.id, f"suppressed: {reason}")
-        return Outcome(delivery, "suppressed", reason)
-    if not store.claim_delivery(delivery.id, owner, now(), policy.lease):
+    if not store.claim_delivery(delivery.id, owner, now(), policy.lease):  # suppressed, or taken
+        reason = store.suppression(delivery.subscriber_id, delivery.channel)
+        if reason:
+            store.mark_failed(delivery.id, f"suppressed: {reason}")
+            return Outcome(delivery, "suppressed", reason)
         return Outcome(delivery, "busy", "another paperbot process is sending it")
     attempts = delivery.attempts + 1
     try:

@@ -914,14 +914,17 @@ class Store:
 
     def claim_delivery(self, delivery_id: int, owner: str, now: datetime, lease: timedelta) -> bool:
         """Take one digest for sending. Only one process can hold it; a lease that runs out
-        (its sender was killed) frees it again. Counts the attempt."""
+        (its sender was killed) frees it again. Counts the attempt. Never while its subscriber's
+        channel is suppressed (see `suppression`): False then, as when another process has it."""
         stamp = format_time(now)
         with self._immediate() as conn:
             cursor = conn.execute(
                 "update deliveries set state = 'sending', claimed_by = ?, claimed_until = ?,"
                 " attempts = attempts + 1 where id = ? and ("
                 " (state = 'pending' and coalesce(next_attempt_at, '') <= ?)"
-                " or (state = 'sending' and claimed_until < ?))",
+                " or (state = 'sending' and claimed_until < ?))"
+                " and not exists (select 1 from suppressions where subscriber_id = deliveries.subscriber_id"
+                " and channel in (deliveries.channel, '*'))",
                 [owner, format_time(now + lease), delivery_id, stamp, stamp],
             )
             return cursor.rowcount == 1

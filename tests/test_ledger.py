@@ -708,6 +708,24 @@ def test_a_dropped_connection_mid_data_is_sent_again_with_the_same_message_id(le
     assert email.message_from_bytes(body)["Message-ID"] == "<paperbot.1@example.org>"
 
 
+def test_a_digest_made_before_its_subscriber_unsubscribed_is_not_sent(ledger, smtp_server):
+    """An unsubscribe (every channel) or a suppression of the channel that comes between making
+    a digest and sending it wins: the digest fails as suppressed, the others go."""
+    alice, bob, carol = (reserve(ledger, sid) for sid in ("alice", "bob", "carol"))
+    ledger.suppress("alice", "*", "alice@example.org", "unsubscribed via the link", T0)
+    ledger.suppress("carol", "email", "carol@example.org", "3 permanent failures", T0)
+    sender = smtp(smtp_server)
+    outcomes = send_due(ledger, {"email": sender}, lambda: T0)
+    sender.close()
+    assert [(o.delivery.subscriber_id, o.status) for o in outcomes] == [
+        ("alice", "suppressed"),
+        ("bob", "sent"),
+        ("carol", "suppressed"),
+    ]
+    assert ledger.get_delivery(alice.id).state == ledger.get_delivery(carol.id).state == "failed"
+    assert [to for _, to, _ in smtp_server.handler.messages] == [["bob@example.org"]]
+
+
 @BOTH_SERVERS
 def test_550_fails_for_good_and_repeated_failures_suppress_the_address(ledger, smtp_server):
     policy = RetryPolicy(suppress_after=2)
