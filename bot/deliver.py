@@ -303,12 +303,21 @@ Compose = Callable[[DigestPlan, tuple[Match, ...], int], tuple[bytes, str, str]]
 """Renders a plan's shown matches (and the total before the cut) to (bytes, message id, subject)."""
 
 
-def reserve_digest(store: Store, plan: DigestPlan, compose: Compose, now: datetime) -> Delivery:
-    """Put a planned digest in the ledger with its papers, then its rendered message."""
+def reserve_digest(
+    store: Store,
+    plan: DigestPlan,
+    compose: Compose,
+    now: datetime,
+    rendered: tuple[bytes, str, str] | None = None,
+) -> Delivery:
+    """Put a planned digest in the ledger with its papers, then its rendered message.
+    `rendered`: what `compose` gives for the papers the plan shows, made already (by a helper
+    process): stored with the papers when the ledger reserves them all, and the delivery
+    returned then holds those very bytes; else `compose` renders what the ledger reserved."""
     shown = plan.matches[: plan.subscriber.max_papers]
-    delivery = _reserve(store, plan, [m.paper.id for m in shown], now)
+    delivery = _reserve(store, plan, [m.paper.id for m in shown], now, rendered)
     if delivery.state != "new":
-        return delivery  # another process made it first
+        return delivery  # stored with `rendered`, or another process made it first
     # Render exactly the papers the ledger reserved (a racing digest may have taken some).
     reserved = set(delivery.paper_ids)
     shown = tuple(m for m in shown if m.paper.id in reserved)
@@ -368,9 +377,16 @@ def _expanded(recipient: str) -> str:
         raise TransientError(str(error)) from None
 
 
-def _reserve(store: Store, plan: DigestPlan, paper_ids: list[str], now: datetime) -> Delivery:
-    """The ledger row of a planned digest, with `paper_ids` reserved (or the row already there).
-    An email's recipient is kept as it is sent to (a webhook's URL stays a ${VAR}: a secret)."""
+def _reserve(
+    store: Store,
+    plan: DigestPlan,
+    paper_ids: list[str],
+    now: datetime,
+    message: tuple[bytes, str, str] | None = None,
+) -> Delivery:
+    """The ledger row of a planned digest, with `paper_ids` reserved (or the row already there),
+    and `message` if it is for all of them (see Store.reserve_delivery). An email's recipient
+    is kept as it is sent to (a webhook's URL stays a ${VAR}: a secret)."""
     email = plan.channel.kind == "email"
     return store.reserve_delivery(
         subscriber_id=plan.subscriber.id,
@@ -382,6 +398,7 @@ def _reserve(store: Store, plan: DigestPlan, paper_ids: list[str], now: datetime
         window_start=plan.window_start,
         window_end=plan.window_end,
         now=now,
+        message=message,
     )
 
 

@@ -597,7 +597,10 @@ def _make_one(
             shown = plan.matches[: plan.subscriber.max_papers]
             compose(plan, shown, len(plan.matches))
         else:
-            delivery = reserve_digest(store, plan, compose, clock())
+            rendered = ready.message_of(plan) if ready is not None else None
+            delivery = reserve_digest(store, plan, compose, clock(), rendered)
+            if rendered is not None and delivery.message is rendered[0]:  # stored with its papers
+                made.append(Made(plan, ready.subject, ready.shown))
             if stored is not None and delivery.state == "pending" and delivery.message is not None:
                 stored[delivery.id] = delivery
     except (BotError, ValueError) as error:
@@ -631,6 +634,13 @@ class _Ready:
     identity: str
     subject: str
     shown: int
+
+    def message_of(self, plan: DigestPlan) -> tuple[bytes, str, str] | None:
+        """(bytes, message id, subject) for the ledger, if made for what `plan` shows."""
+        shown = plan.matches[: plan.subscriber.max_papers]
+        if self.total == len(plan.matches) and self.paper_ids == tuple(m.paper.id for m in shown):
+            return self.data, self.identity, self.subject
+        return None
 
 
 HELPER_AHEAD = 4  # batches the helper may render ahead of the sending: bounds the memory held

@@ -767,12 +767,16 @@ class Store:
         window_start: datetime,
         window_end: datetime,
         now: datetime,
+        message: tuple[bytes, str, str] | None = None,
     ) -> Delivery:
         """Create the ledger row of one digest and reserve its papers, in one transaction.
 
         Papers already reserved for this subscriber and channel (by any earlier digest) are
         left out, so no paper is ever sent twice. If the ledger already has this digest, it is
         returned unchanged: reserving is idempotent, and safe when two processes race.
+        `message`: (bytes, message id, subject) rendered for exactly `paper_ids`, stored with
+        them (pending, as attach_message leaves a row) when the ledger reserves them all;
+        else the row is new, for the caller to render what it reserved.
         """
         with self._immediate() as conn:
             existing = conn.execute(
@@ -781,18 +785,25 @@ class Store:
             ).fetchone()
             if existing is not None:
                 return self._deliveries("where id = ?", existing)[0]
-            wanted = list(dict.fromkeys(paper_ids))
+            asked = list(paper_ids)
+            wanted = list(dict.fromkeys(asked))
             taken = self.delivered_papers(subscriber_id, channel, wanted) if wanted else set()
             fresh = [paper_id for paper_id in wanted if paper_id not in taken]
+            whole = message is not None and fresh == asked
+            data, message_id, subject = message if whole else (None, None, None)
             cursor = conn.execute(
                 "insert into deliveries (subscriber_id, channel, kind, period, recipient, state, attempts,"
-                " window_start, window_end, created_at) values (?, ?, ?, ?, ?, 'new', 0, ?, ?, ?)",
+                " message_id, subject, window_start, window_end, created_at)"
+                " values (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
                 [
                     subscriber_id,
                     channel,
                     kind,
                     period,
                     recipient,
+                    "new" if data is None else "pending",
+                    message_id,
+                    subject,
                     format_time(window_start),
                     format_time(window_end),
                     format_time(now),
@@ -804,6 +815,10 @@ class Store:
                 " values (?, ?, ?, ?, ?)",
                 [(delivery_id, subscriber_id, channel, pid, rank) for rank, pid in enumerate(fresh, 1)],
             )
+            if data is not None:
+                conn.execute(
+                    "insert into delivery_messages (delivery_id, message) values (?, ?)", [delivery_id, data]
+                )
         # The row as get_delivery would read it back, without reading it.
         return Delivery(
             id=delivery_id,
@@ -812,9 +827,12 @@ class Store:
             kind=kind,
             period=period,
             recipient=recipient,
-            state="new",
+            state="new" if data is None else "pending",
             attempts=0,
             paper_ids=tuple(fresh),
+            message_id=message_id,
+            message=data,
+            subject=subject,
             window_start=_as_stored(window_start),
             window_end=_as_stored(window_end),
         )

@@ -81,6 +81,39 @@ def test_reserving_returns_the_row_as_the_ledger_reads_it_back(ledger):
     assert made == ledger.get_delivery(made.id) and made.paper_ids == ("a", "b")
 
 
+def test_a_message_made_beforehand_is_stored_with_its_papers_only_when_it_has_them_all(ledger):
+    """A helper renders a digest before the ledger reserves its papers: the message goes in
+    with them, pending, as attach_message would leave it; when a paper went out in another
+    digest meanwhile, the row waits, new, for a message of what it holds."""
+    kwargs = dict(channel="email", kind="email", window_start=T0 - timedelta(days=1), window_end=T0, now=T0)
+    made = (MESSAGE, "<m1@x>", "2 papers")
+    whole = ledger.reserve_delivery(
+        subscriber_id="alice",
+        period="2026-06-12",
+        recipient="a@x",
+        paper_ids=["a", "b"],
+        message=made,
+        **kwargs,
+    )
+    assert (whole.state, whole.message, whole.message_id, whole.subject) == (
+        "pending",
+        MESSAGE,
+        "<m1@x>",
+        "2 papers",
+    )
+    assert whole == ledger.get_delivery(whole.id)
+    short = ledger.reserve_delivery(
+        subscriber_id="alice",
+        period="2026-06-13",
+        recipient="a@x",
+        paper_ids=["b", "c"],
+        message=made,
+        **kwargs,
+    )
+    assert (short.state, short.paper_ids, short.message, short.message_id) == ("new", ("c",), None, None)
+    assert short == ledger.get_delivery(short.id) and ledger.stored_message(short.id) is None
+
+
 def test_a_commit_inside_a_batch_is_refused(ledger):
     """Inside a batch, writes that commit on their own would end it: they are refused."""
     with pytest.raises(RuntimeError, match="outside Store.batch"):

@@ -433,6 +433,8 @@ with open_store(db) as store:
         senders={"email": Outbox(outbox)},
         clock=lambda: datetime.fromisoformat(now),
     )
+made = [[m.plan.subscriber.id, m.subject, m.shown] for m in report.planned]
+print("made:", json.dumps(made), file=sys.stderr)
 print(json.dumps([[[o.delivery.subscriber_id, o.status] for o in report.outcomes], report.errors]))
 """
 # A helper is forked only where there are two CPUs or more.
@@ -501,6 +503,10 @@ def test_a_big_run_renders_in_a_helper_process_the_very_mail_it_renders_alone(tm
     assert "helper process" not in log_alone
     assert "rendering 6 digests in a helper process" in log_helped
     assert alone == helped == [[f"p{n}", "sent"] for n in range(6)]
+    made = [line for line in log_alone.splitlines() if line.startswith("made: ")]
+    assert len(json.loads(made[0][6:])) == 6 and made == [
+        line for line in log_helped.splitlines() if line.startswith("made: ")
+    ]  # the same digests reported made, with the same subjects and papers
     mine, its = (sorted((tmp_path / name).iterdir()) for name in ("alone", "helped"))
     assert [p.name for p in mine] == [p.name for p in its]
     assert len({p.read_bytes() for p in mine}) == 6  # six different digests
