@@ -120,6 +120,15 @@ class Sending:
         # written, messages and all: sent from here rather than read back. Each is taken once,
         # and all are let go when a send_due call ends: memory holds a batch at most.
         self.stored: dict[int, Delivery] = {}
+        self.synced = monotonic()  # when the records of its sends last waited for the disk
+        self.unsynced = False  # whether some were made since
+
+    def sync(self, store: Store, every: float = 0.0) -> None:
+        """Wait until the records of the sends so far are on disk, if `every` seconds have
+        passed since the last wait (see send_due)."""
+        if self.unsynced and monotonic() - self.synced >= every:
+            store.sync()
+            self.synced, self.unsynced = monotonic(), False
 
     def transport_problems(
         self, kinds: Iterable[str], outcomes: Iterable[Outcome]
@@ -496,11 +505,10 @@ def send_due(
     Each "sent" is committed right after the server's 250, so a crash of paperbot never sends
     a digest twice but in that instant; the records wait for the disk (a power cut) together,
     between messages once `sync_every` seconds have passed, and at the end: not one fsync
-    per message."""
+    per message. With `sending`, that end is the run's, which calls `sending.sync` then."""
     outcomes: list[Outcome] = []
     own = sending is None  # this call is the run's whole sending: it settles the refusals too
     sending = sending if sending is not None else Sending()
-    synced, unsynced = monotonic(), False
     try:
         due = store.deliveries_to_send(now(), sending.stored)
         for place, delivery in enumerate(due):
@@ -530,18 +538,16 @@ def send_due(
                 sending.down[delivery.kind] = outcome.detail  # unreachable: no message gets further
             outcomes.append(outcome)
             on_outcome(outcome)
-            unsynced = True  # a "sent", and the parts of one, and failures too
-            if monotonic() - synced >= sync_every:
-                store.sync()
-                synced, unsynced = monotonic(), False
+            sending.unsynced = True  # a "sent", and the parts of one, and failures too
+            sending.sync(store, sync_every)
     except BaseException:
         if own:
             release(store, sending, now)
         raise
     finally:
         sending.stored.clear()  # a message not sent now is read from the ledger when it goes
-        if unsynced:
-            store.sync()
+        if own:
+            sending.sync(store)
     if own:
         outcomes += settle(store, sending, now, policy, on_outcome)
     return outcomes

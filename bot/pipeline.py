@@ -536,6 +536,7 @@ def run_once(
         release(store, sending, clock)
         raise
     finally:
+        sending.sync(store)  # the records of its sends wait for the disk by the run's end
         if frozen:
             gc.unfreeze()
     return RunReport(fetched, tuple(planned), tuple(skipped), tuple(outcomes), tuple(errors), source_error)

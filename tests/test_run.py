@@ -81,6 +81,30 @@ def world(tmp_path, make_settings):
         yield store, folder, make_settings(), tmp_path / "outbox"
 
 
+def test_a_runs_records_of_its_sends_are_on_disk_when_it_ends(world, monkeypatch):
+    """The records of a run's sends wait for the disk together (an fsync of the write-ahead
+    log), between messages once a tenth of a second has passed and once the run ends: the
+    run's last act is that wait, whatever its batches."""
+    import bot.store
+
+    store, folder, settings, outbox = world
+    for sid in ("alice", "bob", "carol", "dan", "eve"):
+        subscription(folder, sid)
+    events = []
+    real_fsync = bot.store.os.fsync
+    monkeypatch.setattr(bot.store.os, "fsync", lambda fd: events.append("sync") or real_fsync(fd))
+
+    class Recording(OutboxSender):
+        def send(self, delivery):
+            events.append("send")
+            super().send(delivery)
+
+    monkeypatch.setattr(bot.pipeline, "RESERVE_BATCH", 2)
+    report = run(store, settings, folder, {"email": Recording(outbox)}, FRIDAY_9AM_BERLIN)
+    assert [o.status for o in report.outcomes] == ["sent"] * 5
+    assert events.count("send") == 5 and events[-1] == "sync"
+
+
 def test_a_run_leaves_the_cycle_collector_as_it_found_it(world):
     """A run keeps what existed before it out of the cycle collector's passes while it works
     (bot.pipeline._freeze_what_exists): after it, nothing stays frozen for good (a daemon would
