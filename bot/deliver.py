@@ -122,13 +122,18 @@ class Sending:
         self.stored: dict[int, Delivery] = {}
         self.synced = monotonic()  # when the records of its sends last waited for the disk
         self.unsynced = False  # whether some were made since
+        self.syncing = False  # whether the store may still be at that last time's
 
-    def sync(self, store: Store, every: float = 0.0) -> None:
-        """Wait until the records of the sends so far are on disk, if `every` seconds have
-        passed since the last wait (see send_due)."""
-        if self.unsynced and monotonic() - self.synced >= every:
-            store.sync()
-            self.synced, self.unsynced = monotonic(), False
+    def sync(self, store: Store, every: float | None = None) -> None:
+        """Have the records of the sends so far reach the disk: at once, and wait for it; or,
+        `every` seconds after the last time, by a thread of the store's while sending goes on
+        (see send_due)."""
+        if every is None and (self.unsynced or self.syncing):
+            store.sync()  # and one started before is done too
+            self.synced, self.unsynced, self.syncing = monotonic(), False, False
+        elif self.unsynced and every is not None and monotonic() - self.synced >= every:
+            store.sync(wait=False)
+            self.synced, self.unsynced, self.syncing = monotonic(), False, True
 
     def transport_problems(
         self, kinds: Iterable[str], outcomes: Iterable[Outcome]

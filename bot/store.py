@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -420,9 +421,12 @@ class Store:
         self.path = path
         self._batched = False  # inside `batch`: each write is a savepoint of its transaction
         self._durable_in_batch = False
+        self._syncing: threading.Thread | None = None  # a sync(wait=False) at work
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (after any sync at work)."""
+        if self._syncing is not None:
+            self._syncing.join()
         self.db.close()
 
     def __enter__(self) -> Store:
@@ -958,10 +962,26 @@ class Store:
                 [format_time(now), delivery_id],
             )
 
-    def sync(self) -> None:
+    def sync(self, wait: bool = True) -> None:
         """Wait until every commit so far is on disk: an fsync of the write-ahead log, as
         synchronous=FULL does at each commit (the database file has its own at each checkpoint,
-        before the log that held its pages is reused); of the database file when there is no log."""
+        before the log that held its pages is reused); of the database file when there is no log.
+        Not `wait`: have a thread of its own do it meanwhile (unless one still is: the next
+        sync covers what it does not), and return at once; the next sync that waits waits for
+        it too."""
+        syncing, self._syncing = self._syncing, None
+        if not wait:
+            if syncing is not None and syncing.is_alive():
+                self._syncing = syncing
+                return
+            self._syncing = threading.Thread(target=self._fsync, name="paperbot-sync", daemon=True)
+            self._syncing.start()
+            return
+        if syncing is not None:
+            syncing.join()
+        self._fsync()
+
+    def _fsync(self) -> None:
         for path in (f"{self.path}-wal", self.path):
             try:
                 descriptor = os.open(path, os.O_RDONLY)

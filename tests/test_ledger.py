@@ -153,7 +153,8 @@ def test_only_one_process_can_claim_a_digest_and_a_dead_claim_expires(ledger):
 
 def test_a_batch_waits_for_the_disk_every_tenth_of_a_second_and_at_its_end(ledger, tmp_path, monkeypatch):
     """Each "sent" is committed at once (synchronous=NORMAL: a crash of paperbot loses none); a
-    power cut can undo at most the records of the last `sync_every` seconds; a batch ends on disk."""
+    power cut can undo at most the records of the last `sync_every` seconds (and of a wait for
+    the disk then under way); a batch ends on disk."""
     import bot.store
 
     assert ledger.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL, from open_store
@@ -170,13 +171,44 @@ def test_a_batch_waits_for_the_disk_every_tenth_of_a_second_and_at_its_end(ledge
     # Once, at the end: the write-ahead log, which holds the commits (the database file gets
     # its own fsync when a checkpoint copies them into it).
     assert synced == [f"{ledger.path}-wal"]
-    synced.clear()
+    with open_store(ledger.path) as again:  # another connection reads them all as sent
+        assert again.delivery_counts().get("sent") == 3
+
+
+def test_a_slow_disk_holds_up_no_message_but_sending_ends_on_disk(ledger, tmp_path, monkeypatch):
+    """Between messages, the wait for the disk (once `sync_every` has passed: here at once) is
+    left to a thread while the next messages go; send_due returns once every record is on disk."""
+    import time
+
+    import bot.store
+
+    events = []
+    real_fsync = bot.store.os.fsync
+
+    def slow_fsync(fd):
+        events.append("sync begins")
+        time.sleep(0.3)
+        real_fsync(fd)
+        events.append("sync ends")
+
+    class Recording(OutboxSender):
+        def send(self, delivery):
+            events.append("send")
+            super().send(delivery)
+
+    monkeypatch.setattr(bot.store.os, "fsync", slow_fsync)
     for sid in ("d", "e", "f"):
         reserve(ledger, sid)
-    send_due(ledger, {"email": outbox}, lambda: T0, sync_every=0)
-    assert synced == [f"{ledger.path}-wal"] * 3  # after each message
-    with open_store(ledger.path) as again:  # another connection reads them all as sent
-        assert again.delivery_counts().get("sent") == 6
+    outcomes = send_due(ledger, {"email": Recording(tmp_path / "outbox")}, lambda: T0, sync_every=0)
+    events.append("returned")
+    assert [o.status for o in outcomes] == ["sent"] * 3
+    # The first message's record went to the disk while the other two were sent...
+    assert events.index("sync begins") < events.index("sync ends")
+    assert [e for e in events[: events.index("sync ends")] if e == "send"] == ["send"] * 3
+    # ...and the last ones before send_due returned: every sync that began had ended.
+    assert events[-2:] == ["sync ends", "returned"] and events.count("sync begins") == events.count(
+        "sync ends"
+    )
 
 
 # -- SMTP, against a real server on 127.0.0.1 --------------------------------------------------
