@@ -85,31 +85,26 @@ def test_a_message_made_beforehand_is_stored_with_its_papers_only_when_it_has_th
     """A helper renders a digest before the ledger reserves its papers: the message goes in
     with them, pending, as attach_message would leave it; when a paper went out in another
     digest meanwhile, the row waits, new, for a message of what it holds."""
-    kwargs = dict(channel="email", kind="email", window_start=T0 - timedelta(days=1), window_end=T0, now=T0)
     made = (MESSAGE, "<m1@x>", "2 papers")
-    whole = ledger.reserve_delivery(
-        subscriber_id="alice",
-        period="2026-06-12",
-        recipient="a@x",
-        paper_ids=["a", "b"],
-        message=made,
-        **kwargs,
-    )
-    assert (whole.state, whole.message, whole.message_id, whole.subject) == (
-        "pending",
-        MESSAGE,
-        "<m1@x>",
-        "2 papers",
-    )
+
+    def reserve_made(period: str, papers: list[str]):
+        return ledger.reserve_delivery(
+            subscriber_id="alice",
+            channel="email",
+            kind="email",
+            period=period,
+            recipient="alice@example.org",
+            paper_ids=papers,
+            window_start=T0 - timedelta(days=1),
+            window_end=T0,
+            now=T0,
+            message=made,
+        )
+
+    whole = reserve_made("2026-06-12", ["a", "b"])
+    assert (whole.state, whole.message, whole.message_id, whole.subject) == ("pending", *made)
     assert whole == ledger.get_delivery(whole.id)
-    short = ledger.reserve_delivery(
-        subscriber_id="alice",
-        period="2026-06-13",
-        recipient="a@x",
-        paper_ids=["b", "c"],
-        message=made,
-        **kwargs,
-    )
+    short = reserve_made("2026-06-13", ["b", "c"])
     assert (short.state, short.paper_ids, short.message, short.message_id) == ("new", ("c",), None, None)
     assert short == ledger.get_delivery(short.id) and ledger.stored_message(short.id) is None
 
