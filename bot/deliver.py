@@ -22,6 +22,7 @@ import re
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from time import monotonic
@@ -480,7 +481,11 @@ def join_parts(parts: list[bytes]) -> bytes:
 
 def message_parts(delivery: Delivery) -> list[bytes]:
     """The messages a ledger row holds, in order."""
-    message = delivery.message or b""
+    return _parts(delivery.message)
+
+
+def _parts(message: bytes | None) -> list[bytes]:
+    message = message or b""
     if message.startswith(MULTIPART):
         return [part.encode("utf-8") for part in json.loads(message[len(MULTIPART) :])]
     return [message]
@@ -508,9 +513,11 @@ def send_due(
     `on_outcome` is called with each outcome as it is recorded.
 
     Each "sent" is committed right after the server's 250, so a crash of paperbot never sends
-    a digest twice but in that instant; the records wait for the disk (a power cut) together,
-    between messages once `sync_every` seconds have passed, and at the end: not one fsync
-    per message. With `sending`, that end is the run's, which calls `sending.sync` then."""
+    a digest twice but in that instant; the records reach the disk (a power cut) together, not
+    one fsync per message: between messages once `sync_every` seconds have passed (a thread
+    of the store's waits for it while the next messages go), and at the end, waited for. With
+    `sending`, a run's, the end of this call starts that wait, and the run's end finishes it
+    (`sending.sync`)."""
     outcomes: list[Outcome] = []
     own = sending is None  # this call is the run's whole sending: it settles the refusals too
     sending = sending if sending is not None else Sending()
@@ -548,11 +555,14 @@ def send_due(
     except BaseException:
         if own:
             release(store, sending, now)
-        raise
-    finally:
-        sending.stored.clear()  # a message not sent now is read from the ledger when it goes
-        if own:
+        sending.stored.clear()
+        with suppress(OSError):  # the exception that ends the sending is the one to tell
             sending.sync(store)
+        raise
+    sending.stored.clear()  # a message not sent now is read from the ledger when it goes
+    # On its own: on disk when it returns. A run's: under way (the next batch is not waited
+    # for), and on disk by the run's end.
+    sending.sync(store, None if own else 0.0)
     if own:
         outcomes += settle(store, sending, now, policy, on_outcome)
     return outcomes
@@ -632,6 +642,9 @@ def _send_one(
     sender = senders.get(delivery.kind)
     if sender is None:
         return None  # a kind this run does not send (e.g. webhooks while only email is set up)
+    message = delivery.message
+    if message is not None:  # its outcome keeps the row, not the bytes: a run keeps every outcome
+        delivery = dataclasses.replace(delivery, message=None)
     if not store.claim_delivery(delivery.id, owner, now(), policy.lease):  # suppressed, or taken
         reason = store.suppression(delivery.subscriber_id, delivery.channel)
         if reason:
@@ -643,17 +656,14 @@ def _send_one(
         # A message in several parts (a long Slack digest) records each part as it goes,
         # so a failure after part 1 never sends part 1 again. Read now (or as the run stored
         # it moments ago), and not kept after.
-        if delivery.message is None:
-            delivery = dataclasses.replace(delivery, message=store.stored_message(delivery.id))
-        parts = message_parts(delivery)
+        parts = _parts(message if message is not None else store.stored_message(delivery.id))
         if delivery.kind == "email" and "${" in delivery.recipient:  # a row an older paperbot wrote
             delivery = dataclasses.replace(delivery, recipient=_expanded(delivery.recipient))
         expect = getattr(sender, "expect", None)
         if expect is not None and following is not None and following.message and len(parts) == 1:
             expect(following)
         for number in range(delivery.parts_sent, len(parts)):
-            part = parts[number]
-            sender.send(delivery if part is delivery.message else dataclasses.replace(delivery, message=part))
+            sender.send(dataclasses.replace(delivery, message=parts[number]))
             if len(parts) > 1:
                 store.mark_part_sent(delivery.id, number + 1)
     except DeliveryError as error:

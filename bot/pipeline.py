@@ -532,11 +532,13 @@ def run_once(
         down, unknown = sending.transport_problems(senders.keys(), outcomes)
         if check_alerts(store, settings, subscription_errors, clock(), also=down, unknown=unknown):
             outcomes += send_and_judge()
+        sending.sync(store)  # the records of its sends are on disk by the run's end
     except BaseException:  # Ctrl-C, a locked database: no digest stays held for a judgement
         release(store, sending, clock)
+        with suppress(OSError):  # the exception that ends the run is the one to tell
+            sending.sync(store)
         raise
     finally:
-        sending.sync(store)  # the records of its sends wait for the disk by the run's end
         if frozen:
             gc.unfreeze()
     return RunReport(fetched, tuple(planned), tuple(skipped), tuple(outcomes), tuple(errors), source_error)

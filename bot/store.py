@@ -422,11 +422,15 @@ class Store:
         self._batched = False  # inside `batch`: each write is a savepoint of its transaction
         self._durable_in_batch = False
         self._syncing: threading.Thread | None = None  # a sync(wait=False) at work
+        self._sync_again = False  # and asked to fsync once more
+        self._sync_failed: OSError | None = None  # its error, for the next sync to raise
+        self._sync_lock = threading.Lock()
 
     def close(self) -> None:
         """Close the connection (after any sync at work)."""
-        if self._syncing is not None:
-            self._syncing.join()
+        syncing = self._syncing
+        if syncing is not None:
+            syncing.join()
         self.db.close()
 
     def __enter__(self) -> Store:
@@ -954,7 +958,7 @@ class Store:
     def mark_sent(self, delivery_id: int, now: datetime) -> None:
         """Record that the server accepted the digest: nothing sends it again. The record survives
         a crash of paperbot at once, and a power cut once on disk (`sync`; bot.deliver.send_due
-        waits for the disk every tenth of a second of sending, not once per message)."""
+        has the records reach it every tenth of a second of sending, not once per message)."""
         with self._immediate() as conn:
             conn.execute(
                 "update deliveries set state = 'sent', sent_at = ?, last_error = null, claimed_until = null"
@@ -966,20 +970,45 @@ class Store:
         """Wait until every commit so far is on disk: an fsync of the write-ahead log, as
         synchronous=FULL does at each commit (the database file has its own at each checkpoint,
         before the log that held its pages is reused); of the database file when there is no log.
-        Not `wait`: have a thread of its own do it meanwhile (unless one still is: the next
-        sync covers what it does not), and return at once; the next sync that waits waits for
-        it too."""
-        syncing, self._syncing = self._syncing, None
+        Not `wait`: have a thread of its own do that meanwhile (once more when it is at work
+        already), and return at once. Its error (a disk that failed) is raised by the next sync."""
         if not wait:
-            if syncing is not None and syncing.is_alive():
-                self._syncing = syncing
-                return
-            self._syncing = threading.Thread(target=self._fsync, name="paperbot-sync", daemon=True)
-            self._syncing.start()
+            with self._sync_lock:
+                failed, self._sync_failed = self._sync_failed, None
+                if failed is None and self._syncing is not None:
+                    self._sync_again = True
+                elif failed is None:
+                    self._syncing = threading.Thread(target=self._fsync_aside, name="paperbot-sync")
+                    self._syncing.daemon = True
+                    self._syncing.start()
+            if failed is not None:
+                raise failed
             return
+        with self._sync_lock:
+            syncing = self._syncing
         if syncing is not None:
             syncing.join()
+        with self._sync_lock:
+            failed, self._sync_failed = self._sync_failed, None
+        if failed is not None:
+            raise failed
         self._fsync()
+
+    def _fsync_aside(self) -> None:
+        """sync(wait=False)'s thread: an fsync, and another for each sync asked meanwhile."""
+        while True:
+            try:
+                self._fsync()
+            except OSError as error:
+                failed = error
+            else:
+                failed = None
+            with self._sync_lock:
+                self._sync_failed = self._sync_failed or failed
+                if failed is not None or not self._sync_again:
+                    self._syncing = None
+                    return
+                self._sync_again = False
 
     def _fsync(self) -> None:
         for path in (f"{self.path}-wal", self.path):

@@ -206,6 +206,40 @@ def test_a_slow_disk_holds_up_no_message_but_sending_ends_on_disk(ledger, tmp_pa
     )
 
 
+def test_a_disk_that_fails_under_a_waiting_thread_stops_the_sending(ledger, tmp_path, monkeypatch):
+    """An fsync that fails in the thread that waits for the disk (EIO: the records may be lost)
+    is raised where the sending goes on, not only printed: nothing claims they are safe."""
+    import errno
+
+    import bot.store
+
+    calls = []
+    real_fsync = bot.store.os.fsync
+
+    def failing_once(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(bot.store.os, "fsync", failing_once)
+    for sid in ("d", "e", "f"):
+        reserve(ledger, sid)
+    with pytest.raises(OSError, match="Input/output error"):
+        send_due(ledger, {"email": OutboxSender(tmp_path / "outbox")}, lambda: T0, sync_every=0)
+
+
+def test_the_outcomes_of_a_send_do_not_keep_the_messages(ledger, tmp_path):
+    """A run keeps every outcome to its end; the messages, sent from memory or read from the
+    ledger, are let go once sent (a run of 100,000 digests would hold them all)."""
+    rows = [reserve(ledger, sid) for sid in ("alice", "bob")]
+    sending = Sending()
+    sending.stored[rows[0].id] = rows[0]  # one sent from memory, one read from the ledger
+    outcomes = send_due(ledger, {"email": OutboxSender(tmp_path / "outbox")}, lambda: T0, sending=sending)
+    assert [o.status for o in outcomes] == ["sent", "sent"]
+    assert [o.delivery.message for o in outcomes] == [None, None]
+
+
 # -- SMTP, against a real server on 127.0.0.1 --------------------------------------------------
 
 

@@ -99,10 +99,21 @@ def test_a_runs_records_of_its_sends_are_on_disk_when_it_ends(world, monkeypatch
             events.append("send")
             super().send(delivery)
 
+    real_render = bot.pipeline.render_message
+
+    def slow_render(plan, *args):  # the second batch takes long to make
+        if plan.subscriber.id in ("carol", "dan"):
+            time.sleep(0.2)
+        return real_render(plan, *args)
+
+    monkeypatch.setattr(bot.pipeline, "render_message", slow_render)
     monkeypatch.setattr(bot.pipeline, "RESERVE_BATCH", 2)
     report = run(store, settings, folder, {"email": Recording(outbox)}, FRIDAY_9AM_BERLIN)
     assert [o.status for o in report.outcomes] == ["sent"] * 5
     assert events.count("send") == 5 and events[-1] == "sync"
+    # The first batch's records go to the disk while the second batch is made, not after it.
+    assert events.index("sync") < [n for n, e in enumerate(events) if e == "send"][2]
+    assert all(o.delivery.message is None for o in report.outcomes)  # the report keeps no mail
 
 
 def test_a_run_leaves_the_cycle_collector_as_it_found_it(world):
