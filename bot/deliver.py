@@ -642,7 +642,7 @@ def _send_one(
     sender = senders.get(delivery.kind)
     if sender is None:
         return None  # a kind this run does not send (e.g. webhooks while only email is set up)
-    message = delivery.message
+    sent_as, message = delivery, delivery.message  # sent as it is when it holds its message
     if message is not None:  # its outcome keeps the row, not the bytes: a run keeps every outcome
         delivery = dataclasses.replace(delivery, message=None)
     if not store.claim_delivery(delivery.id, owner, now(), policy.lease):  # suppressed, or taken
@@ -658,12 +658,13 @@ def _send_one(
         # it moments ago), and not kept after.
         parts = _parts(message if message is not None else store.stored_message(delivery.id))
         if delivery.kind == "email" and "${" in delivery.recipient:  # a row an older paperbot wrote
-            delivery = dataclasses.replace(delivery, recipient=_expanded(delivery.recipient))
+            delivery = sent_as = dataclasses.replace(delivery, recipient=_expanded(delivery.recipient))
         expect = getattr(sender, "expect", None)
         if expect is not None and following is not None and following.message and len(parts) == 1:
             expect(following)
         for number in range(delivery.parts_sent, len(parts)):
-            sender.send(dataclasses.replace(delivery, message=parts[number]))
+            part = parts[number]
+            sender.send(sent_as if part is sent_as.message else dataclasses.replace(delivery, message=part))
             if len(parts) > 1:
                 store.mark_part_sent(delivery.id, number + 1)
     except DeliveryError as error:
