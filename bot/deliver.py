@@ -536,9 +536,9 @@ def send_due(
             if outcome is None:
                 continue
             sending.tried.add(delivery.id)
-            if outcome.status == "refused":  # judged by what follows: told then
+            if outcome.status == "refused":  # judged by what follows: told then (its row, no message)
                 sending.refused.setdefault(delivery.kind, []).append(
-                    (delivery, outcome.error, delivery.attempts + 1)
+                    (outcome.delivery, outcome.error, delivery.attempts + 1)
                 )
                 continue
             if outcome.status == "sent":  # the refusals before it were their messages' own

@@ -229,15 +229,22 @@ def test_a_disk_that_fails_under_a_waiting_thread_stops_the_sending(ledger, tmp_
         send_due(ledger, {"email": OutboxSender(tmp_path / "outbox")}, lambda: T0, sync_every=0)
 
 
-def test_the_outcomes_of_a_send_do_not_keep_the_messages(ledger, tmp_path):
+def test_the_outcomes_of_a_send_do_not_keep_the_messages(ledger, smtp_server):
     """A run keeps every outcome to its end; the messages, sent from memory or read from the
-    ledger, are let go once sent (a run of 100,000 digests would hold them all)."""
-    rows = [reserve(ledger, sid) for sid in ("alice", "bob")]
+    ledger, are let go once sent or refused (a run of 100,000 digests would hold them all)."""
+    rows = [reserve(ledger, sid) for sid in ("alice", "bob", "carol")]
+    smtp_server.handler.rcpt_replies = {"alice@example.org": RELAY_DENIED}  # judged once bob's goes
     sending = Sending()
-    sending.stored[rows[0].id] = rows[0]  # one sent from memory, one read from the ledger
-    outcomes = send_due(ledger, {"email": OutboxSender(tmp_path / "outbox")}, lambda: T0, sending=sending)
-    assert [o.status for o in outcomes] == ["sent", "sent"]
-    assert [o.delivery.message for o in outcomes] == [None, None]
+    sending.stored.update((row.id, row) for row in rows[:2])  # two sent from memory, one read
+    sender = smtp(smtp_server)
+    outcomes = send_due(ledger, {"email": sender}, lambda: T0, sending=sending)
+    sender.close()
+    assert sorted((o.delivery.subscriber_id, o.status) for o in outcomes) == [
+        ("alice", "failed"),
+        ("bob", "sent"),
+        ("carol", "sent"),
+    ]
+    assert [o.delivery.message for o in outcomes] == [None, None, None]
 
 
 # -- SMTP, against a real server on 127.0.0.1 --------------------------------------------------
