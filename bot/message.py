@@ -297,8 +297,8 @@ def _text_part(subtype: str, parts: tuple[tuple[str, bool], ...]) -> bytes:
             continue  # else it would join the shared piece after it, encoded anew in every digest
         run.append(piece)
         shared = shared and piece_shared
-        if piece.endswith("\n"):
-            text = run[0] if len(run) == 1 else "".join(run)
+        if piece.endswith("\n"):  # ends the pieces joined since one that did not end a line
+            text = "".join(run)
             encoded.append(_encoded_shared(text) if shared else _encoded(text))
             run, shared = [], True
     if run:

@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext, suppress
@@ -638,10 +638,13 @@ class _Ready:
     subject: str
     shown: int
 
+    def fits(self, matches: Sequence[Match], total: int) -> bool:
+        """Whether it was made to show exactly these matches' papers, of this total."""
+        return self.total == total and self.paper_ids == tuple(m.paper.id for m in matches)
+
     def message_of(self, plan: DigestPlan) -> tuple[bytes, str, str] | None:
         """(bytes, message id, subject) for the ledger, if made for what `plan` shows."""
-        shown = plan.matches[: plan.subscriber.max_papers]
-        if self.total == len(plan.matches) and self.paper_ids == tuple(m.paper.id for m in shown):
+        if self.fits(plan.matches[: plan.subscriber.max_papers], len(plan.matches)):
             return self.data, self.identity, self.subject
         return None
 
@@ -850,7 +853,7 @@ def _composer(mail: MessageSettings, made: list[Made], ready: _Ready | None = No
     with `ready`, the message a helper made, when it is for the very papers asked for."""
 
     def compose(plan: DigestPlan, shown: tuple, total: int) -> tuple[bytes, str, str]:
-        if ready is not None and ready.total == total and ready.paper_ids == tuple(m.paper.id for m in shown):
+        if ready is not None and ready.fits(shown, total):
             made.append(Made(plan, ready.subject, ready.shown))
             return ready.data, ready.identity, ready.subject
         data, identity, summary = render_message(plan, shown, total, mail)

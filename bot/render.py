@@ -390,7 +390,7 @@ def _card_of(paper: Paper, watches: tuple[str, ...], hits: tuple, reasons: tuple
         rank=0,
         title=title,
         title_plain=_plain(title),
-        hf_url=facts.hf_url,
+        hf_url=paper.hf_url,
         arxiv_url=facts.arxiv_url,
         pdf_url=facts.pdf_url,
         code_url=facts.code_url,
@@ -411,7 +411,6 @@ class _Facts:
 
     snippet: str
     snippet_is_summary: bool
-    hf_url: str
     arxiv_url: str | None
     pdf_url: str | None
     code_url: str | None
@@ -426,7 +425,6 @@ def _facts(paper: Paper) -> _Facts:
     return _Facts(
         snippet,
         is_summary,
-        paper.hf_url,
         paper.arxiv_url if on_arxiv else None,
         paper.pdf_url if on_arxiv else None,
         _web_url(paper.github_repo),

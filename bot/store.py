@@ -137,7 +137,7 @@ class DigestMarks:
 
     suppressed: str | None  # why its sending is suppressed (Store.suppression), or None
     state: str | None  # the state of the period's digest, if the ledger has it
-    last_window_end: datetime | None  # where the next window starts (Store.last_window_end)
+    last_window_end: datetime | None  # where the next window starts: the end of the last one
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +380,14 @@ _DELIVERIES = (
     " left join delivery_messages on delivery_messages.delivery_id = deliveries.id"
 )
 _DELIVERY_ROWS = "select deliveries.*, null as stored_message from deliveries"
+# Why a subscriber's channel is suppressed: its own row, else their "*" (an unsubscribe).
+_SUPPRESSION = (
+    "select reason from suppressions where subscriber_id = {who} and channel in ({channel}, '*')"
+    " order by channel = '*' desc limit 1"
+)
+_SUPPRESSED_HERE = _SUPPRESSION.format(  # of the deliveries row at hand (claim_delivery)
+    who="deliveries.subscriber_id", channel="deliveries.channel"
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 APPLICATION_ID = 0x70626F74  # "pbot": PRAGMA application_id of a database paperbot made
 
@@ -949,8 +957,7 @@ class Store:
                 " attempts = attempts + 1 where id = ? and ("
                 " (state = 'pending' and coalesce(next_attempt_at, '') <= ?)"
                 " or (state = 'sending' and claimed_until < ?))"
-                " and not exists (select 1 from suppressions where subscriber_id = deliveries.subscriber_id"
-                " and channel in (deliveries.channel, '*'))",
+                f" and not exists ({_SUPPRESSED_HERE})",
                 [owner, format_time(now + lease), delivery_id, stamp, stamp],
             )
             return cursor.rowcount == 1
@@ -1088,11 +1095,7 @@ class Store:
     def suppression(self, subscriber_id: str, channel: str) -> str | None:
         """Why this subscriber's channel is suppressed (channel "*": all of them, as after an
         unsubscribe), or None. The suppression list wins over any subscription file."""
-        row = self.db.execute(
-            "select reason from suppressions where subscriber_id = ? and channel in (?, '*')"
-            " order by channel = '*' desc",
-            [subscriber_id, channel],
-        ).fetchone()
+        row = self.db.execute(_SUPPRESSION.format(who="?", channel="?"), [subscriber_id, channel]).fetchone()
         return row[0] if row else None
 
     def unsuppress(self, subscriber_id: str, channel: str = "*") -> None:
@@ -1106,28 +1109,15 @@ class Store:
         """Every suppressed subscriber channel, with its reason."""
         return list(self.db.query("select * from suppressions order by created_at"))
 
-    def last_window_end(self, subscriber_id: str, channel: str, instant: bool = False) -> datetime | None:
-        """Where the next digest's (or instant alert's) window starts: the end of the last one."""
-        kind = "like" if instant else "not like"
-        row = next(
-            self.db.query(
-                "select max(window_end) as last from deliveries where subscriber_id = ? and channel = ?"
-                f" and period {kind} 'instant%'",
-                [subscriber_id, channel],
-            ),
-            None,
-        )
-        return _parse_time(row["last"]) if row and row["last"] else None
-
     def digest_marks(
         self, subscriber_id: str, channel: str, period: str | None, instant: bool = False
     ) -> DigestMarks:
-        """`suppression`, the state of `find_delivery`'s digest for `period` (None: no period)
-        and `last_window_end`, in one query: planning asks all three of every subscriber."""
+        """`suppression`, the state of `find_delivery`'s digest for `period` (None: no period),
+        and where the next digest's (or instant alert's) window starts: the end of the last
+        one. In one query: planning asks all three of every subscriber channel."""
         kind = "like" if instant else "not like"
         suppressed, state, last = self.db.conn.execute(
-            "select (select reason from suppressions where subscriber_id = ?1 and channel in (?2, '*')"
-            "        order by channel = '*' desc limit 1),"
+            f"select ({_SUPPRESSION.format(who='?1', channel='?2')}),"
             " (select state from deliveries where subscriber_id = ?1 and channel = ?2 and period = ?3),"
             " (select max(window_end) from deliveries where subscriber_id = ?1 and channel = ?2"
             f"        and period {kind} 'instant%')",
