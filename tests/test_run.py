@@ -139,7 +139,9 @@ def test_a_run_leaves_the_cycle_collector_as_it_found_it(world):
     try:
         mine = gc.get_freeze_count()
         run(store, settings, folder, {"email": Watching(outbox)}, FRIDAY_9AM_BERLIN + timedelta(days=1))
-        assert gc.get_freeze_count() == mine
+        # Left frozen, not frozen more: objects the run let go of (a cache's old entry) leave the
+        # count, but an unfreeze would empty it and a freeze of the run's own would raise it.
+        assert 0.9 * mine < gc.get_freeze_count() <= mine
     finally:
         gc.unfreeze()
 
