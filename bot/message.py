@@ -347,6 +347,8 @@ def _check_lines(data: bytes) -> None:
     """CRLF line ends only, and no line over 998 characters: else a bug, which a server would refuse."""
     if data.count(b"\r") != data.count(b"\n") or data.count(b"\r\n") != data.count(b"\n"):
         raise ValueError("a bare CR or LF in the message: every line must end in CRLF")
+    if len(data) <= MAX_LINE:  # no line can be longer: the headers of most messages
+        return
     longest = max(map(len, data.split(b"\r\n")))
     if longest > MAX_LINE:
         raise ValueError(f"a line of {longest} characters in the message: SMTP allows {MAX_LINE}")

@@ -137,24 +137,37 @@ def _maker_at(secrets: tuple[str, ...], purpose: str, stamp: int) -> Callable[[l
 
 def _stamped_maker(serializer: URLSafeTimedSerializer) -> Callable[[list], str]:
     """`serializer.dumps` for a serializer of a fixed time (a run's links): the very token, with
-    what itsdangerous works out anew for each (the signer, its derived key, the stamp) worked
-    out once. A run signs three links a digest; this takes a third of the time."""
+    what itsdangerous works out anew for each (the signer, its derived key, the stamp, the HMAC
+    of the key alone) worked out once. A run signs three links a digest; this takes a fifth of
+    the time."""
     signer = serializer.make_signer(serializer.salt)
     separator = want_bytes(signer.sep)
     stamp = signer.sign(b"").split(separator)[1]  # the time part, as itsdangerous writes it
-    key = signer.derive_key()
     if signer.digest_method().name != "sha1":  # itsdangerous's default, which the test holds to
         return serializer.dumps
+    keyed = hmac.new(signer.derive_key(), digestmod="sha1")  # each token's HMAC goes on from a copy
 
     def dumps(payload: list) -> str:
-        value = _base64(_COMPACT_JSON(payload).encode("utf-8")) + separator + stamp
-        return (value + separator + _base64(hmac.digest(key, value, "sha1"))).decode("ascii")
+        value = _base64(_compact_json(payload).encode("utf-8")) + separator + stamp
+        mac = keyed.copy()
+        mac.update(value)
+        return (value + separator + _base64(mac.digest())).decode("ascii")
 
     return dumps
 
 
-# itsdangerous's compact JSON (its _CompactJSON), made once rather than for every token.
+def _compact_json(payload: list) -> str:
+    """itsdangerous's compact JSON (its _CompactJSON: no ASCII escapes, no spaces) of a list of
+    strings, which a token's payload always is; json's own encoder set up for each took three
+    times as long. Anything else goes to that encoder."""
+    try:
+        return "[" + ",".join(map(_json_string, payload)) + "]"
+    except TypeError:  # an item that is not a string
+        return _COMPACT_JSON(payload)
+
+
 _COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_json_string = json.encoder.encode_basestring  # a str as JSON writes it with ensure_ascii=False
 _URL_SAFE = bytes.maketrans(b"+/", b"-_")
 
 

@@ -176,6 +176,16 @@ def test_email_bytes_refuses_a_line_a_server_would_refuse():
         email_bytes(message)
 
 
+def test_a_line_of_998_characters_passes_and_one_of_999_is_refused():
+    from bot.message import _check_lines
+
+    for data in (b"x" * 998, b"x" * 998 + b"\r\n", b"To: a\r\n" + b"x" * 998 + b"\r\n"):
+        _check_lines(data)
+    for data in (b"x" * 999, b"To: a\r\n" + b"x" * 999 + b"\r\n", b"To: a\r\n" + b"x" * 999):
+        with pytest.raises(ValueError, match="a line of 999 characters"):
+            _check_lines(data)
+
+
 # -- no header injection -----------------------------------------------------------------------
 
 
@@ -413,7 +423,13 @@ def test_secrets_rotate_oldest_first():
 @pytest.mark.parametrize("secret", [SECRET, ["old", SECRET]])
 @pytest.mark.parametrize(
     ("subscriber_id", "extra"),
-    [("example-alice", None), ("bøb ✓", "daily 2026-04-01"), ('a"b\\c\n', "é"), ("lab-" + "a" * 300, None)],
+    [
+        ("example-alice", None),
+        ("bøb ✓", "daily 2026-04-01"),
+        ('a"b\\c\n', "é"),
+        ("tab\there\x00\x1f\x7f\u2028/</", "😀"),
+        ("lab-" + "a" * 300, None),
+    ],
 )
 def test_a_run_makes_the_very_token_itsdangerous_makes(secret, subscriber_id, extra):
     """A run's tokens are made without itsdangerous's per-token work (bot.tokens._stamped_maker),
