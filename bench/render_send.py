@@ -442,11 +442,14 @@ def measure(args: argparse.Namespace, capture: Path, program: str, work: Path) -
     try:
         one_before, _ = timed(lambda: send_one_connection(sink.port, outgoing))
         each_seconds, _ = timed(lambda: send_connection_each(sink.port, outgoing))
-        helped = whole_path(settings, subscribers, template, work / "helped.db", sink.port, now, args.days)
+        # Best of two, as raw smtplib's figure is: one run before (2b), one after.
+        helped = work / "helped.db"
+        helped_runs = [whole_path(settings, subscribers, template, helped, sink.port, now, args.days)]
         alone_settings = load_settings(None, environ={**BENCH_ENV, "PAPERBOT_RUN_HELPER_FROM": "0"})
         alone = whole_path(
             alone_settings, subscribers, template, work / "alone.db", sink.port, now, args.days
         )
+        helped_runs.append(whole_path(settings, subscribers, template, helped, sink.port, now, args.days))
         one_after, _ = timed(lambda: send_one_connection(sink.port, outgoing))
         time.sleep(0.2)  # let smtp-sink write its last counters
         received = sink.received()
@@ -454,11 +457,12 @@ def measure(args: argparse.Namespace, capture: Path, program: str, work: Path) -
         sink.stop()
     one_seconds = min(one_before, one_after)
     raw = count / one_seconds
+    helped = min(helped_runs, key=lambda run: run.seconds)
     whole = len(helped.sent) / helped.seconds
 
     print("\n(2) paperbot's whole path: run_once (plan, ledger, render, SMTP), fresh ledger, into smtp-sink")
     for title, run in (
-        (f"(2a) as it runs ({count:,} digests: a helper process renders)", helped),
+        (f"(2a) as it runs ({count:,} digests: a helper process renders), best of 2", helped),
         ("(2b) rendering alone in one process (run.helper_from = 0)", alone),
     ):
         print(f"  {title}")
@@ -477,6 +481,8 @@ def measure(args: argparse.Namespace, capture: Path, program: str, work: Path) -
             "      of which inside SmtpSender.send",
             f"{run.in_send:8.2f} s  ({len(run.sent) / max(run.in_send, 1e-9):,.0f}/s)",
         )
+    other = ", ".join(f"{len(run.sent) / run.seconds:,.0f}" for run in helped_runs)
+    line("  (2a) each run, before and after (2b)", f"{other} messages/s")
     line("  (2a) / (2b)", f"{alone.seconds / helped.seconds:8.2f}x as fast")
     print("\nraw smtplib, the same pre-rendered bytes")
     line(
@@ -485,9 +491,10 @@ def measure(args: argparse.Namespace, capture: Path, program: str, work: Path) -
     )
     line("(4) one connection per message", f"{count / each_seconds:8,.0f} messages/s  ({each_seconds:.2f} s)")
 
-    expected = 5 * count
+    expected = 6 * count
     print("\nchecks")
-    for name, run in (("(2a)", helped), ("(2b)", alone)):
+    runs = [(f"(2a) #{number}", run) for number, run in enumerate(helped_runs, 1)] + [("(2b)", alone)]
+    for name, run in runs:
         sent = len(run.sent)
         line(
             f"run_once {name} sent every digest",
@@ -511,7 +518,7 @@ def measure(args: argparse.Namespace, capture: Path, program: str, work: Path) -
     )
     line("whole path / raw smtplib, a connection per message", f"{whole * each_seconds / count:8.0%}")
 
-    same = all(run.sent == by_subscriber for run in (helped, alone))
+    same = all(run.sent == by_subscriber for _, run in runs)
     ok = crlf and longest <= MAX_LINE and same and received == expected
     return 0 if ok else 1
 
