@@ -443,13 +443,13 @@ def measure(args: argparse.Namespace, capture: Path, program: str, work: Path) -
         one_before, _ = timed(lambda: send_one_connection(sink.port, outgoing))
         each_seconds, _ = timed(lambda: send_connection_each(sink.port, outgoing))
         # Best of two, as raw smtplib's figure is: one run before (2b), one after.
-        helped = work / "helped.db"
-        helped_runs = [whole_path(settings, subscribers, template, helped, sink.port, now, args.days)]
+        helped_db = work / "helped.db"
+        helped_runs = [whole_path(settings, subscribers, template, helped_db, sink.port, now, args.days)]
         alone_settings = load_settings(None, environ={**BENCH_ENV, "PAPERBOT_RUN_HELPER_FROM": "0"})
         alone = whole_path(
             alone_settings, subscribers, template, work / "alone.db", sink.port, now, args.days
         )
-        helped_runs.append(whole_path(settings, subscribers, template, helped, sink.port, now, args.days))
+        helped_runs.append(whole_path(settings, subscribers, template, helped_db, sink.port, now, args.days))
         one_after, _ = timed(lambda: send_one_connection(sink.port, outgoing))
         time.sleep(0.2)  # let smtp-sink write its last counters
         received = sink.received()

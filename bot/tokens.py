@@ -138,8 +138,8 @@ def _maker_at(secrets: tuple[str, ...], purpose: str, stamp: int) -> Callable[[l
 def _stamped_maker(serializer: URLSafeTimedSerializer) -> Callable[[list], str]:
     """`serializer.dumps` for a serializer of a fixed time (a run's links): the very token, with
     what itsdangerous works out anew for each (the signer, its derived key, the stamp, the HMAC
-    of the key alone) worked out once. A run signs three links a digest; this takes a fifth of
-    the time."""
+    of the key alone) worked out once. A run signs three links a digest; this takes a quarter
+    of the time of itsdangerous's dumps."""
     signer = serializer.make_signer(serializer.salt)
     separator = want_bytes(signer.sep)
     stamp = signer.sign(b"").split(separator)[1]  # the time part, as itsdangerous writes it
