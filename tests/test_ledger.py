@@ -15,7 +15,7 @@ import pytest
 
 from bot.channels.email import OutboxSender, SmtpSender
 from bot.deliver import RetryPolicy, Sending, release, send_due, settle
-from bot.errors import PermanentError, TransientError
+from bot.errors import PermanentError, StoreError, TransientError
 from bot.store import open_store
 
 T0 = datetime(2026, 6, 12, 8, 0, tzinfo=UTC)
@@ -64,6 +64,57 @@ def smtp(server, **options) -> SmtpSender:
 
 
 # -- the ledger --------------------------------------------------------------------------------
+
+
+def test_a_message_is_stored_packed_and_read_back_byte_for_byte(ledger):
+    """A digest's message is kept zstd-packed (the ledger grows a quarter as fast), and whoever
+    reads it gets the very bytes that were made: the sender, a retry, the due list."""
+    digest = MESSAGE + b"".join(b'<td style="padding:0 16px">card %d</td>\r\n' % n for n in range(800))
+    made = reserve_row(ledger, papers=["a"])
+    ledger.attach_message(made.id, message=digest, message_id="<a@x>", subject="s")
+    whole = ledger.reserve_delivery(
+        subscriber_id="bob",
+        channel="email",
+        kind="email",
+        period="2026-06-12",
+        recipient="bob@example.org",
+        paper_ids=["a"],
+        window_start=T0 - timedelta(days=1),
+        window_end=T0,
+        now=T0,
+        message=(digest, "<b@x>", "s"),
+    )
+    assert whole.state == "pending" and whole.message is digest  # as made, not read back
+    for delivery_id in (made.id, whole.id):
+        assert ledger.stored_message(delivery_id) == ledger.get_delivery(delivery_id).message == digest
+    assert [d.message for d in ledger.deliveries_to_send(T0, {})] == [None, None]  # read when sent
+    stored = ledger.db.execute("select length(message), encoding from delivery_messages").fetchall()
+    assert stored == [(stored[0][0], "zstd")] * 2 and stored[0][0] < len(digest) / 5
+
+
+def test_a_message_stored_unpacked_by_an_older_paperbot_is_read_as_it_is(ledger):
+    delivery = reserve(ledger)
+    ledger.db.execute(
+        "update delivery_messages set message = ?, encoding = null where delivery_id = ?",
+        [MESSAGE, delivery.id],
+    )
+    assert ledger.stored_message(delivery.id) == ledger.get_delivery(delivery.id).message == MESSAGE
+
+
+@pytest.mark.parametrize(
+    ("message", "encoding", "error"),
+    [(b"not zstd at all", "zstd", "the database is damaged"), (MESSAGE, "brotli", "'brotli'.*upgrade it")],
+)
+def test_a_stored_message_that_cannot_be_read_is_a_store_error(ledger, message, encoding, error):
+    delivery = reserve(ledger)
+    ledger.db.execute(
+        "update delivery_messages set message = ?, encoding = ? where delivery_id = ?",
+        [message, encoding, delivery.id],
+    )
+    with pytest.raises(StoreError, match=error):
+        ledger.stored_message(delivery.id)
+    with pytest.raises(StoreError, match=error):
+        ledger.get_delivery(delivery.id)
 
 
 def test_a_paper_is_reserved_once_per_subscriber_and_channel(ledger):

@@ -377,7 +377,7 @@ def test_a_ledger_of_schema_4_keeps_its_messages_when_they_move_to_their_own_tab
         else:
             left = store.db.execute("select count(*) from deliveries where message is not null")
             assert left.fetchone()[0] == 0
-    assert user_version(path) == SCHEMA_VERSION == 5
+    assert user_version(path) == SCHEMA_VERSION == 6
 
 
 def test_a_database_from_a_newer_paperbot_says_to_upgrade(tmp_path):
