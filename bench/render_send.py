@@ -9,6 +9,7 @@ Needs smtp-sink (Debian: apt-get install postfix); the bench starts and stops it
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -223,13 +224,22 @@ def render_all(
 ) -> tuple[list[bytes], float, float]:
     """Each planned digest rendered to the bytes of its email by bot.pipeline.render_plan, as run_once
     does (signed links, render_digest, the message); with the wall and CPU seconds taken. Cold: no
-    card rendered yet, as at the start of each `paperbot run --once`."""
+    card rendered yet, as at the start of each `paperbot run --once`. As in run_once, what exists
+    before rendering (the plans, their papers) is frozen out of the cycle collector's passes."""
     if cold:
         forget_cards()
-    clocks = Clocks()
-    prepare_cards(m for p in plans for m in p.matches[: p.subscriber.max_papers])  # as run_once does
-    messages = [render_plan(p, p.matches[: p.subscriber.max_papers], len(p.matches), mail)[2] for p in plans]
-    wall, cpu = clocks.lap()
+    frozen = not gc.get_freeze_count()
+    if frozen:
+        gc.freeze()
+    try:
+        clocks = Clocks()
+        prepare_cards(m for p in plans for m in p.matches[: p.subscriber.max_papers])  # as run_once does
+        shown = [p.matches[: p.subscriber.max_papers] for p in plans]
+        messages = [render_plan(p, s, len(p.matches), mail)[2] for p, s in zip(plans, shown, strict=True)]
+        wall, cpu = clocks.lap()
+    finally:
+        if frozen:
+            gc.unfreeze()
     return messages, wall, cpu
 
 
