@@ -25,6 +25,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import NamedTuple
 
 from bot.errors import QueryError
 from bot.models import Paper
@@ -99,9 +100,12 @@ class Not:
 Node = Term | Phrase | And | Or | Not
 
 
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """Where a query's word or phrase was found: `start`/`end` index `PaperText.texts[field]`."""
+class Hit(NamedTuple):
+    """Where a query's word or phrase was found: `start`/`end` index `PaperText.texts[field]`.
+
+    A named tuple, not a frozen dataclass as the rest of the data: hits are hashed by the
+    million (sets of them when matching, the keys of cards when rendering), and a tuple's hash
+    and equality are the interpreter's own, where a dataclass's run Python code each time."""
 
     field: str
     term: str  # as the query says it: "model", "distill*", "world model"
@@ -528,7 +532,6 @@ def _hit_order(hit: Hit) -> tuple[int, int, int, str]:
 
 def _sorted_hits(hits: list[Hit], unique: bool = False) -> tuple[Hit, ...]:
     """The hits in _hit_order, without doubles; `unique` if there are none to drop."""
-    # Hit's hash is a Python function: making a set of them took half the time.
     return tuple(sorted(hits if unique else set(hits), key=_hit_order))
 
 

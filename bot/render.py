@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from itertools import accumulate
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 import css_inline
@@ -116,9 +117,9 @@ class DigestLinks:
     manage_url: str
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """A piece of text, highlighted or not: templates escape it and wrap marked ones."""
+class Segment(NamedTuple):
+    """A piece of text, highlighted or not: templates escape it and wrap marked ones. A named
+    tuple, as bot.query.Hit is: cards are hashed by their segments, many times a run."""
 
     text: str
     marked: bool = False
