@@ -24,7 +24,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -228,19 +229,27 @@ def render_all(
     before rendering (the plans, their papers) is frozen out of the cycle collector's passes."""
     if cold:
         forget_cards()
-    frozen = not gc.get_freeze_count()
-    if frozen:
-        gc.freeze()
-    try:
+    with frozen_before():
         clocks = Clocks()
         prepare_cards(m for p in plans for m in p.matches[: p.subscriber.max_papers])  # as run_once does
         shown = [p.matches[: p.subscriber.max_papers] for p in plans]
         messages = [render_plan(p, s, len(p.matches), mail)[2] for p, s in zip(plans, shown, strict=True)]
         wall, cpu = clocks.lap()
+    return messages, wall, cpu
+
+
+@contextmanager
+def frozen_before() -> Iterator[None]:
+    """What exists now left out of the cycle collector's passes until the block ends, as run_once
+    does before it renders (bot.pipeline._freeze_what_exists)."""
+    frozen = not gc.get_freeze_count()
+    if frozen:
+        gc.freeze()
+    try:
+        yield
     finally:
         if frozen:
             gc.unfreeze()
-    return messages, wall, cpu
 
 
 def render_digests(plans: Sequence[DigestPlan], mail: MessageSettings) -> float:
@@ -248,11 +257,12 @@ def render_digests(plans: Sequence[DigestPlan], mail: MessageSettings) -> float:
     cards prepared at once first, as render_all does)."""
     digests = [make_digest(p, p.matches[: p.subscriber.max_papers], len(p.matches), mail) for p in plans]
     forget_cards()
-    clocks = Clocks()
-    prepare_cards(m for digest in digests for m in digest.matches)
-    for digest in digests:
-        render_digest(digest)
-    return clocks.lap()[1]
+    with frozen_before():  # as render_all
+        clocks = Clocks()
+        prepare_cards(m for digest in digests for m in digest.matches)
+        for digest in digests:
+            render_digest(digest)
+        return clocks.lap()[1]
 
 
 def on_one_core(work):
@@ -428,7 +438,7 @@ def measure(args: argparse.Namespace, capture: Path, program: str, work: Path) -
     print(f"\n(1) rendering planned digests, pinned to one core, best of {args.render_runs}")
     line(
         "render_plan: links, render_digest, email bytes",
-        f"{renders:8,.0f} /CPU s  ({count / wall:,.0f}/s wall; {cpu * 1e3 / count:.2f} ms CPU each)",
+        f"{int(renders):8,d} /CPU s  ({count / wall:,.0f}/s wall; {cpu * 1e3 / count:.2f} ms CPU each)",
     )
     line("  render_digest alone (Jinja, CSS inlining)", f"{digest_cpu * 1e3 / count:8.2f} ms each")
     line("  the rest (links, MIME, quoted-printable)", f"{(cpu - digest_cpu) * 1e3 / count:8.2f} ms each")
