@@ -35,6 +35,7 @@ from bot.errors import (
     DeliveryError,
     PermanentError,
     SettingsError,
+    StoreError,
     TransientError,
     TransportDown,
 )
@@ -652,11 +653,14 @@ def _send_one(
             return Outcome(delivery, "suppressed", reason)
         return Outcome(delivery, "busy", "another paperbot process is sending it")
     attempts = delivery.attempts + 1
+    try:  # read now (or as the run stored it moments ago), and not kept after
+        stored = message if message is not None else store.stored_message(delivery.id)
+    except StoreError as error:  # damaged in the database: it cannot go as it was made
+        return _record_failure(store, delivery, PermanentError(str(error)), attempts, now(), policy)
     try:
         # A message in several parts (a long Slack digest) records each part as it goes,
-        # so a failure after part 1 never sends part 1 again. Read now (or as the run stored
-        # it moments ago), and not kept after.
-        parts = _parts(message if message is not None else store.stored_message(delivery.id))
+        # so a failure after part 1 never sends part 1 again.
+        parts = _parts(stored)
         if delivery.kind == "email" and "${" in delivery.recipient:  # a row an older paperbot wrote
             delivery = sent_as = dataclasses.replace(delivery, recipient=_expanded(delivery.recipient))
         expect = getattr(sender, "expect", None)

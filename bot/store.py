@@ -372,7 +372,8 @@ def _migrate_5(db: sqlite_utils.Database) -> None:
         db.execute("update deliveries set message = null")
 
 
-_PACKED = "zstd"  # delivery_messages.encoding of a message _packed made
+_PACKED = "zstd"  # delivery_bodies.encoding of a message _packed made
+_LARGEST_MESSAGE = 64 << 20  # bytes a stored message may say it unpacks to: a digest is well under 1 MB
 _CODECS = threading.local()  # a zstd compressor and decompressor for each thread: neither is thread-safe
 
 
@@ -383,8 +384,8 @@ def _packed(data: bytes) -> bytes:
     checkpoint): bench/render_send.py's run sends 9% faster, and its ledger grows 8 KB a
     digest rather than 34."""
     compressor = getattr(_CODECS, "compressor", None)
-    if compressor is None:
-        compressor = _CODECS.compressor = zstandard.ZstdCompressor(level=1)
+    if compressor is None:  # with a checksum (4 bytes): damage is an error, not other bytes sent
+        compressor = _CODECS.compressor = zstandard.ZstdCompressor(level=1, write_checksum=True)
     return compressor.compress(data)
 
 
@@ -398,6 +399,9 @@ def _unpacked(stored: bytes | None, encoding: str | None) -> bytes | None:
     if decompressor is None:
         decompressor = _CODECS.decompressor = zstandard.ZstdDecompressor()
     try:
+        size = zstandard.frame_content_size(stored)
+        if not 0 <= size <= _LARGEST_MESSAGE:  # a damaged header: nothing to make room for
+            raise zstandard.ZstdError(f"it says it unpacks to {size} bytes")
         return decompressor.decompress(stored)
     except zstandard.ZstdError as error:
         raise StoreError(f"a stored message cannot be read back ({error}): the database is damaged") from None
@@ -405,10 +409,23 @@ def _unpacked(stored: bytes | None, encoding: str | None) -> bytes | None:
 
 def _migrate_6(db: sqlite_utils.Database) -> None:
     """Messages stored compressed (see _packed), each saying so in `encoding`; those stored
-    before stay as they were (no encoding). A paperbot before this one refuses the database
-    rather than send what it cannot read. Safe to run again after an interruption."""
-    if "encoding" not in db["delivery_messages"].columns_dict:
-        db.execute("alter table delivery_messages add column encoding text")
+    before stay as they were (no encoding). The table takes a new name, delivery_bodies, so
+    that a paperbot before this one fails to read or store any message, and sends none: one
+    that opens the database afterwards refuses its schema, but one that had it open already
+    would have read packed bytes as the mail. Safe to run again after an interruption, and in
+    two processes at once (the second finds the step done)."""
+    if "delivery_bodies" not in db.table_names():
+        try:
+            db.execute("alter table delivery_messages rename to delivery_bodies")
+        except sqlite3.OperationalError:
+            if "delivery_bodies" not in db.table_names():  # not another process's doing
+                raise
+    if "encoding" not in db["delivery_bodies"].columns_dict:
+        try:
+            db.execute("alter table delivery_bodies add column encoding text")
+        except sqlite3.OperationalError:
+            if "encoding" not in db["delivery_bodies"].columns_dict:
+                raise
 
 
 # Each is safe to run again after an interruption: sqlite-utils commits its steps one by one,
@@ -416,9 +433,9 @@ def _migrate_6(db: sqlite_utils.Database) -> None:
 MIGRATIONS = [_migrate_1, _migrate_2, _migrate_3, _migrate_4, _migrate_5, _migrate_6]
 # A ledger row with its message (Store._delivery reads both).
 _DELIVERIES = (
-    "select deliveries.*, delivery_messages.message as stored_message,"
-    " delivery_messages.encoding as stored_encoding from deliveries"
-    " left join delivery_messages on delivery_messages.delivery_id = deliveries.id"
+    "select deliveries.*, delivery_bodies.message as stored_message,"
+    " delivery_bodies.encoding as stored_encoding from deliveries"
+    " left join delivery_bodies on delivery_bodies.delivery_id = deliveries.id"
 )
 _DELIVERY_ROWS = "select deliveries.*, null as stored_message, null as stored_encoding from deliveries"
 # Why a subscriber's channel is suppressed: its own row, else their "*" (an unsubscribe).
@@ -806,9 +823,12 @@ class Store:
         return found[0] if found else None
 
     def find_delivery(self, subscriber_id: str, channel: str, period: str) -> Delivery | None:
-        """The digest of this subscriber, channel and period, if the ledger has it."""
+        """The digest of this subscriber, channel and period, if the ledger has it (without its
+        message: `stored_message` reads that)."""
         found = self._deliveries(
-            "where subscriber_id = ? and channel = ? and period = ?", [subscriber_id, channel, period]
+            "where subscriber_id = ? and channel = ? and period = ?",
+            [subscriber_id, channel, period],
+            messages=False,
         )
         return found[0] if found else None
 
@@ -874,7 +894,7 @@ class Store:
             )
             if data is not None:
                 conn.execute(
-                    "insert into delivery_messages (delivery_id, message, encoding) values (?, ?, ?)",
+                    "insert into delivery_bodies (delivery_id, message, encoding) values (?, ?, ?)",
                     [delivery_id, _packed(data), _PACKED],
                 )
         # The row as get_delivery would read it back, without reading it.
@@ -922,7 +942,7 @@ class Store:
             ).rowcount
             if attached:
                 conn.execute(
-                    "insert or replace into delivery_messages (delivery_id, message, encoding)"
+                    "insert or replace into delivery_bodies (delivery_id, message, encoding)"
                     " values (?, ?, ?)",
                     [delivery_id, _packed(message), _PACKED],
                 )
@@ -985,7 +1005,7 @@ class Store:
     def stored_message(self, delivery_id: int) -> bytes | None:
         """The rendered message of a digest, as attach_message stored it."""
         row = self.db.execute(
-            "select message, encoding from delivery_messages where delivery_id = ?", [delivery_id]
+            "select message, encoding from delivery_bodies where delivery_id = ?", [delivery_id]
         ).fetchone()
         return _unpacked(*row) if row else None
 

@@ -88,14 +88,14 @@ def test_a_message_is_stored_packed_and_read_back_byte_for_byte(ledger):
     for delivery_id in (made.id, whole.id):
         assert ledger.stored_message(delivery_id) == ledger.get_delivery(delivery_id).message == digest
     assert [d.message for d in ledger.deliveries_to_send(T0, {})] == [None, None]  # read when sent
-    stored = ledger.db.execute("select length(message), encoding from delivery_messages").fetchall()
+    stored = ledger.db.execute("select length(message), encoding from delivery_bodies").fetchall()
     assert stored == [(stored[0][0], "zstd")] * 2 and stored[0][0] < len(digest) / 5
 
 
 def test_a_message_stored_unpacked_by_an_older_paperbot_is_read_as_it_is(ledger):
     delivery = reserve(ledger)
     ledger.db.execute(
-        "update delivery_messages set message = ?, encoding = null where delivery_id = ?",
+        "update delivery_bodies set message = ?, encoding = null where delivery_id = ?",
         [MESSAGE, delivery.id],
     )
     assert ledger.stored_message(delivery.id) == ledger.get_delivery(delivery.id).message == MESSAGE
@@ -108,13 +108,61 @@ def test_a_message_stored_unpacked_by_an_older_paperbot_is_read_as_it_is(ledger)
 def test_a_stored_message_that_cannot_be_read_is_a_store_error(ledger, message, encoding, error):
     delivery = reserve(ledger)
     ledger.db.execute(
-        "update delivery_messages set message = ?, encoding = ? where delivery_id = ?",
+        "update delivery_bodies set message = ?, encoding = ? where delivery_id = ?",
         [message, encoding, delivery.id],
     )
     with pytest.raises(StoreError, match=error):
         ledger.stored_message(delivery.id)
     with pytest.raises(StoreError, match=error):
         ledger.get_delivery(delivery.id)
+
+
+def damage(ledger, delivery_id: int, change) -> None:
+    """Rewrite a stored (packed) message as `change` makes it, as a damaged disk might."""
+    (packed,) = ledger.db.execute(
+        "select message from delivery_bodies where delivery_id = ?", [delivery_id]
+    ).fetchone()
+    ledger.db.execute(
+        "update delivery_bodies set message = ? where delivery_id = ?", [change(packed), delivery_id]
+    )
+
+
+@pytest.mark.parametrize("at", [0.3, 0.5, 0.7, 0.95])
+def test_a_damaged_byte_in_a_stored_message_is_a_store_error_not_other_bytes(ledger, at):
+    delivery = reserve(ledger)
+    damage(
+        ledger,
+        delivery.id,
+        lambda packed: (
+            packed[: int(len(packed) * at)]
+            + bytes([packed[int(len(packed) * at)] ^ 0x10])
+            + packed[int(len(packed) * at) + 1 :]
+        ),
+    )
+    with pytest.raises(StoreError, match="the database is damaged"):
+        ledger.stored_message(delivery.id)
+
+
+def test_a_damaged_header_claiming_a_huge_message_is_a_store_error(ledger):
+    """Its frame header rewritten to read the next 8 bytes as its size: nothing is allocated for it."""
+    delivery = reserve(ledger)
+    damage(ledger, delivery.id, lambda packed: packed[:4] + b"\xe0" + packed[5:])
+    with pytest.raises(StoreError, match="the database is damaged"):
+        ledger.stored_message(delivery.id)
+
+
+def test_a_digest_whose_stored_message_is_damaged_fails_and_the_others_go(ledger, tmp_path):
+    damaged, fine = reserve(ledger, sid="alice"), reserve(ledger, sid="bob")
+    damage(ledger, damaged.id, lambda packed: packed[:-6] + bytes([packed[-6] ^ 0xFF]) + packed[-5:])
+    outbox = OutboxSender(tmp_path / "outbox")
+
+    outcomes = {o.delivery.subscriber_id: o for o in send_due(ledger, {"email": outbox}, lambda: T0)}
+
+    assert outcomes["bob"].status == "sent" and ledger.get_delivery(fine.id).state == "sent"
+    assert outcomes["alice"].status == "failed" and "cannot be read back" in outcomes["alice"].detail
+    state = ledger.db.execute("select state from deliveries where id = ?", [damaged.id]).fetchone()
+    assert state == ("failed",)  # not retried forever
+    assert [f.name for f in (tmp_path / "outbox").iterdir()] == ["2026-06-12-bob-email.eml"]
 
 
 def test_a_paper_is_reserved_once_per_subscriber_and_channel(ledger):
@@ -315,7 +363,7 @@ def test_writes_in_a_batch_reach_other_readers_together_and_a_failed_one_alone_i
             reserve(ledger, "bob")
             assert other.delivery_counts() == {}  # nothing committed yet
         assert other.delivery_counts() == {"pending": 2}
-        assert ledger.find_delivery("alice", "email", "2026-06-12").message == MESSAGE
+        assert ledger.stored_message(ledger.find_delivery("alice", "email", "2026-06-12").id) == MESSAGE
 
         with pytest.raises(KeyboardInterrupt):
             with ledger.batch():

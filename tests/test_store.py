@@ -380,6 +380,84 @@ def test_a_ledger_of_schema_4_keeps_its_messages_when_they_move_to_their_own_tab
     assert user_version(path) == SCHEMA_VERSION == 6
 
 
+def schema_5(path) -> None:
+    import sqlite_utils
+
+    from bot.store import MIGRATIONS
+
+    db = sqlite_utils.Database(path)
+    for migrate in MIGRATIONS[:5]:
+        migrate(db)
+    db.execute("PRAGMA user_version = 5")
+    db.conn.commit()
+    db.close()
+
+
+def test_a_paperbot_that_had_the_database_open_before_the_upgrade_cannot_read_a_packed_message(tmp_path):
+    """Schema 6 packs the messages. An older paperbot refuses a database of schema 6 when it
+    opens it; one that had it open already checks nothing more, so its reads and writes of
+    messages must fail (it then sends nothing) rather than take the packed bytes for the mail."""
+    path = tmp_path / "paperbot.db"
+    schema_5(path)
+    old = sqlite3.connect(path)  # the older paperbot, its statements made against schema 5
+    read = "select message from delivery_messages where delivery_id = ?"
+    assert old.execute(read, [1]).fetchone() is None
+    with open_store(path) as store:
+        delivery = store.reserve_delivery(
+            subscriber_id="alice",
+            channel="email",
+            kind="email",
+            period="2026-06-12",
+            recipient="alice@example.org",
+            paper_ids=["2606.1"],
+            window_start=T0 - timedelta(days=1),
+            window_end=T0,
+            now=T0,
+            message=(b"Subject: hi\r\n\r\nhello\r\n", "<a@x>", "hi"),
+        )
+        assert delivery.state == "pending" and store.stored_message(delivery.id).endswith(b"hello\r\n")
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        old.execute(read, [delivery.id])
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        old.execute("insert into delivery_messages (delivery_id, message) values (?, ?)", [2, b"x"])
+    old.close()
+
+
+def test_two_processes_upgrading_to_schema_6_at_once_both_succeed(tmp_path):
+    """Each found the step to do before the other did it: the second's step fails, and it finds
+    the step done, rather than say the database is not paperbot's."""
+    import sqlite_utils
+
+    from bot.store import MIGRATIONS
+
+    path = tmp_path / "paperbot.db"
+    schema_5(path)
+    first, second = sqlite_utils.Database(path), sqlite_utils.Database(path)
+    before = (second.table_names(), second["delivery_messages"].columns_dict)
+
+    class Late:  # the second process: what it read before the first one's steps, then the truth
+        def __init__(self, db):
+            self.db, self.seen = db, set()
+
+        def execute(self, *args):
+            return self.db.execute(*args)
+
+        def table_names(self):
+            return self.db.table_names() if "tables" in self.seen or self.seen.add("tables") else before[0]
+
+        def __getitem__(self, name):
+            if "columns" in self.seen or self.seen.add("columns"):
+                return self.db[name]
+            return type("Table", (), {"columns_dict": before[1]})()
+
+    MIGRATIONS[5](first)
+    MIGRATIONS[5](Late(second))  # both steps fail, as done: no error
+    assert "encoding" in second["delivery_bodies"].columns_dict
+    assert "delivery_messages" not in second.table_names()
+    first.close()
+    second.close()
+
+
 def test_a_database_from_a_newer_paperbot_says_to_upgrade(tmp_path):
     path = tmp_path / "paperbot.db"
     with open_store(path):
