@@ -286,12 +286,13 @@ def _text_part(subtype: str, parts: tuple[tuple[str, bool], ...]) -> bytes:
     """One quoted-printable part from its pieces, (piece, shared). Quoted-printable works line by
     line, so text cut at line ends encodes piece by piece to the same bytes; the pieces other
     digests share (bot.render's cards) are encoded once."""
-    encoded = []
+    encoded: list[bytes] = []
+    add, from_cache = encoded.append, _encoded_shared  # a digest's parts number dozens
     run: list[str] = []
     shared = True
     for piece, piece_shared in parts:
         if not run and piece.endswith("\n"):  # whole lines on their own: most pieces
-            encoded.append(_encoded_shared(piece) if piece_shared else _encoded(piece))
+            add(from_cache(piece) if piece_shared else _encoded(piece))
             continue
         if not piece:
             continue  # else it would join the shared piece after it, encoded anew in every digest

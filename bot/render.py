@@ -471,6 +471,7 @@ def make_environment(directory: Path | str | None = None) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
         auto_reload=False,  # the templates do not change while paperbot runs: no stat() per render
+        cache_size=-1,  # a few templates, each kept: a dict, not an LRU that takes a lock per lookup
     )
     environment.filters["wordwrap"] = _wordwrap
     environment.filters["marked"] = _marked
