@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,28 @@ GOLDEN = Path(__file__).parent / "golden"
 SHARED_HISTORY = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "hf_daily_papers_2024-05-27_2026-03-31.jsonl.gz"
 )
+
+
+LEDGER_T0 = datetime(2026, 6, 12, 8, 0, tzinfo=UTC)  # when the ledger tests' digests are made
+
+
+def reserve_row(
+    store, sid="alice", period="2026-06-12", papers=("2606.1", "2606.2"), channel="email", message=None
+):
+    """The ledger row of a digest, its papers reserved (as reserve_delivery returns it): no message
+    yet, or `message` (bytes, message id, subject) stored with them."""
+    return store.reserve_delivery(
+        subscriber_id=sid,
+        channel=channel,
+        kind="email",
+        period=period,
+        recipient=f"{sid}@example.org",
+        paper_ids=list(papers),
+        window_start=LEDGER_T0 - timedelta(days=1),
+        window_end=LEDGER_T0,
+        now=LEDGER_T0,
+        message=message,
+    )
 
 
 def capture_bytes(name: str) -> bytes:

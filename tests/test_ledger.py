@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import email
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -17,8 +17,9 @@ from bot.channels.email import OutboxSender, SmtpSender
 from bot.deliver import RetryPolicy, Sending, release, send_due, settle
 from bot.errors import PermanentError, StoreError, TransientError
 from bot.store import open_store
+from conftest import LEDGER_T0, reserve_row
 
-T0 = datetime(2026, 6, 12, 8, 0, tzinfo=UTC)
+T0 = LEDGER_T0
 # Each SMTP test runs against a server that offers PIPELINING (paperbot sends MAIL, RCPT and
 # DATA in one write) and one that does not (smtplib's one command at a time).
 BOTH_SERVERS = pytest.mark.parametrize("smtp_server", ["pipelining", "no pipelining"], indirect=True)
@@ -32,21 +33,6 @@ MESSAGE = (
 def ledger(tmp_path):
     with open_store(tmp_path / "paperbot.db") as store:
         yield store
-
-
-def reserve_row(store, sid="alice", period="2026-06-12", papers=("2606.1", "2606.2"), channel="email"):
-    """The ledger row of a digest, its papers reserved, no message yet (as reserve_delivery returns it)."""
-    return store.reserve_delivery(
-        subscriber_id=sid,
-        channel=channel,
-        kind="email",
-        period=period,
-        recipient=f"{sid}@example.org",
-        paper_ids=list(papers),
-        window_start=T0 - timedelta(days=1),
-        window_end=T0,
-        now=T0,
-    )
 
 
 def reserve(store, sid="alice", period="2026-06-12", papers=("2606.1", "2606.2"), channel="email"):
@@ -72,18 +58,7 @@ def test_a_message_is_stored_packed_and_read_back_byte_for_byte(ledger):
     digest = MESSAGE + b"".join(b'<td style="padding:0 16px">card %d</td>\r\n' % n for n in range(800))
     made = reserve_row(ledger, papers=["a"])
     ledger.attach_message(made.id, message=digest, message_id="<a@x>", subject="s")
-    whole = ledger.reserve_delivery(
-        subscriber_id="bob",
-        channel="email",
-        kind="email",
-        period="2026-06-12",
-        recipient="bob@example.org",
-        paper_ids=["a"],
-        window_start=T0 - timedelta(days=1),
-        window_end=T0,
-        now=T0,
-        message=(digest, "<b@x>", "s"),
-    )
+    whole = reserve_row(ledger, sid="bob", papers=["a"], message=(digest, "<b@x>", "s"))
     assert whole.state == "pending" and whole.message is digest  # as made, not read back
     for delivery_id in (made.id, whole.id):
         assert ledger.stored_message(delivery_id) == ledger.get_delivery(delivery_id).message == digest

@@ -16,7 +16,7 @@ from bot.errors import StoreError
 from bot.models import FetchResult, Paper
 from bot.sources import hf_api, hf_page
 from bot.store import APPLICATION_ID, SCHEMA_VERSION, SaveStats, open_store
-from conftest import capture_bytes
+from conftest import capture_bytes, reserve_row
 
 T0 = datetime(2026, 6, 12, 8, 0, tzinfo=UTC)
 T1 = T0 + timedelta(hours=1)
@@ -403,18 +403,7 @@ def test_a_paperbot_that_had_the_database_open_before_the_upgrade_cannot_read_a_
     read = "select message from delivery_messages where delivery_id = ?"
     assert old.execute(read, [1]).fetchone() is None
     with open_store(path) as store:
-        delivery = store.reserve_delivery(
-            subscriber_id="alice",
-            channel="email",
-            kind="email",
-            period="2026-06-12",
-            recipient="alice@example.org",
-            paper_ids=["2606.1"],
-            window_start=T0 - timedelta(days=1),
-            window_end=T0,
-            now=T0,
-            message=(b"Subject: hi\r\n\r\nhello\r\n", "<a@x>", "hi"),
-        )
+        delivery = reserve_row(store, message=(b"Subject: hi\r\n\r\nhello\r\n", "<a@x>", "hi"))
         assert delivery.state == "pending" and store.stored_message(delivery.id).endswith(b"hello\r\n")
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
         old.execute(read, [delivery.id])
