@@ -9,7 +9,6 @@ Needs smtp-sink (Debian: apt-get install postfix); the bench starts and stops it
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -24,8 +23,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,7 +34,7 @@ from bot.config import load_settings
 from bot.deliver import DigestPlan, plan_digests
 from bot.message import MAX_LINE, MessageSettings
 from bot.models import Paper, Subscriber
-from bot.pipeline import import_files, make_digest, message_settings, render_plan, run_once
+from bot.pipeline import frozen_objects, import_files, make_digest, message_settings, render_plan, run_once
 from bot.render import forget_cards, prepare_cards, render_digest
 from bot.store import Delivery, open_store
 from bot.subscriptions import load_subscriptions
@@ -226,10 +224,11 @@ def render_all(
     """Each planned digest rendered to the bytes of its email by bot.pipeline.render_plan, as run_once
     does (signed links, render_digest, the message); with the wall and CPU seconds taken. Cold: no
     card rendered yet, as at the start of each `paperbot run --once`. As in run_once, what exists
-    before rendering (the plans, their papers) is frozen out of the cycle collector's passes."""
+    before rendering (the plans, their papers) is frozen out of the cycle collector's passes
+    (bot.pipeline.frozen_objects)."""
     if cold:
         forget_cards()
-    with frozen_before():
+    with frozen_objects():
         clocks = Clocks()
         prepare_cards(m for p in plans for m in p.matches[: p.subscriber.max_papers])  # as run_once does
         shown = [p.matches[: p.subscriber.max_papers] for p in plans]
@@ -238,26 +237,12 @@ def render_all(
     return messages, wall, cpu
 
 
-@contextmanager
-def frozen_before() -> Iterator[None]:
-    """What exists now left out of the cycle collector's passes until the block ends, as run_once
-    does before it renders (bot.pipeline._freeze_what_exists)."""
-    frozen = not gc.get_freeze_count()
-    if frozen:
-        gc.freeze()
-    try:
-        yield
-    finally:
-        if frozen:
-            gc.unfreeze()
-
-
 def render_digests(plans: Sequence[DigestPlan], mail: MessageSettings) -> float:
     """CPU seconds render_digest alone takes over the same digests, built beforehand, cold (its
     cards prepared at once first, as render_all does)."""
     digests = [make_digest(p, p.matches[: p.subscriber.max_papers], len(p.matches), mail) for p in plans]
     forget_cards()
-    with frozen_before():  # as render_all
+    with frozen_objects():  # as render_all
         clocks = Clocks()
         prepare_cards(m for digest in digests for m in digest.matches)
         for digest in digests:

@@ -664,7 +664,7 @@ def _send_one(
         if delivery.kind == "email" and "${" in delivery.recipient:  # a row an older paperbot wrote
             delivery = sent_as = dataclasses.replace(delivery, recipient=_expanded(delivery.recipient))
         expect = getattr(sender, "expect", None)
-        if expect is not None and following is not None and following.message and len(parts) == 1:
+        if expect is not None and following is not None and len(parts) == 1:
             expect(following)
         for number in range(delivery.parts_sent, len(parts)):
             part = parts[number]

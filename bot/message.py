@@ -300,10 +300,10 @@ def _text_part(subtype: str, parts: tuple[tuple[str, bool], ...]) -> bytes:
         shared = shared and piece_shared
         if piece.endswith("\n"):  # ends the pieces joined since one that did not end a line
             text = "".join(run)
-            encoded.append(_encoded_shared(text) if shared else _encoded(text))
+            add(from_cache(text) if shared else _encoded(text))
             run, shared = [], True
     if run:
-        encoded.append(_encoded("".join(run)))
+        add(_encoded("".join(run)))
     return (
         f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
         "Content-Transfer-Encoding: quoted-printable\r\n\r\n"

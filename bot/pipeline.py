@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import nullcontext, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from email.utils import parseaddr
@@ -503,58 +503,60 @@ def run_once(
     # RESERVE_BATCH digests reserved and rendered to a commit, then sent: nothing is sent before
     # it is committed, a crash before that loses only work, which the next run does again, and
     # the first digests leave while the later ones are made (by a helper process in a big run).
-    frozen = _freeze_what_exists()
-    try:
-        for batch, ahead in _rendered_batches(plans, mail, settings["run.helper_from"]):
-            made_here = len(planned)
-            with nullcontext() if dry_run else store.batch():
-                for plan, ready in zip(batch, ahead, strict=True):
-                    made = _make_one(store, plan, mail, clock, dry_run, errors, ready, sending.stored)
-                    if made is not None:
-                        planned.append(made)
-            for made in planned[made_here:]:  # once committed: a run killed before made none of them
-                tell(made)
-            if not dry_run:
-                outcomes += send_due(
-                    store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell
-                )
-            if should_stop():
-                break
-        if dry_run:
-            return RunReport(fetched, tuple(planned), tuple(skipped), (), tuple(errors), source_error)
+    with frozen_objects():  # the plans, their papers, the modules: left out of the collector's passes
+        try:
+            for batch, ahead in _rendered_batches(plans, mail, settings["run.helper_from"]):
+                made_here = len(planned)
+                with nullcontext() if dry_run else store.batch():
+                    for plan, ready in zip(batch, ahead, strict=True):
+                        made = _make_one(store, plan, mail, clock, dry_run, errors, ready, sending.stored)
+                        if made is not None:
+                            planned.append(made)
+                for made in planned[made_here:]:  # once committed: a run killed before made none of them
+                    tell(made)
+                if not dry_run:
+                    outcomes += send_due(
+                        store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell
+                    )
+                if should_stop():
+                    break
+            if dry_run:
+                return RunReport(fetched, tuple(planned), tuple(skipped), (), tuple(errors), source_error)
 
-        def send_and_judge() -> list[Outcome]:  # what is due, then the refusals judged
-            sent = send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
-            return sent + settle(store, sending, clock, policy, tell, stopped=should_stop())
+            def send_and_judge() -> list[Outcome]:  # what is due, then the refusals judged
+                sent = send_due(store, senders, clock, policy, should_stop, sending=sending, on_outcome=tell)
+                return sent + settle(store, sending, clock, policy, tell, stopped=should_stop())
 
-        outcomes += send_and_judge()  # retries that are due, when there was nothing new to send
-        # After sending, so a channel disabled just now is told now; the alert mails go at once.
-        down, unknown = sending.transport_problems(senders.keys(), outcomes)
-        if check_alerts(store, settings, subscription_errors, clock(), also=down, unknown=unknown):
-            outcomes += send_and_judge()
-        sending.sync(store)  # the records of its sends are on disk by the run's end
-    except BaseException:  # Ctrl-C, a locked database: no digest stays held for a judgement
-        release(store, sending, clock)
-        with suppress(OSError):  # the exception that ends the run is the one to tell
-            sending.sync(store)
-        raise
-    finally:
-        if frozen:
-            gc.unfreeze()
+            outcomes += send_and_judge()  # retries that are due, when there was nothing new to send
+            # After sending, so a channel disabled just now is told now; the alert mails go at once.
+            down, unknown = sending.transport_problems(senders.keys(), outcomes)
+            if check_alerts(store, settings, subscription_errors, clock(), also=down, unknown=unknown):
+                outcomes += send_and_judge()
+            sending.sync(store)  # the records of its sends are on disk by the run's end
+        except BaseException:  # Ctrl-C, a locked database: no digest stays held for a judgement
+            release(store, sending, clock)
+            with suppress(OSError):  # the exception that ends the run is the one to tell
+                sending.sync(store)
+            raise
+
     return RunReport(fetched, tuple(planned), tuple(skipped), tuple(outcomes), tuple(errors), source_error)
 
 
-def _freeze_what_exists() -> bool:
-    """Leave every object that exists now (the plans, their papers, the modules) out of the
-    cycle collector's passes while the run renders and sends, and say whether it did (the run
-    unfreezes them at its end; what it makes meanwhile is collected as usual). The full passes
-    that a run's many new objects set off went over the whole heap each time: some 5% of a big
-    run (bench/render_send.py). A forked helper inherits them frozen, so its passes neither read
-    nor copy them. Not when a caller froze objects already (gc.freeze): theirs to undo."""
+@contextmanager
+def frozen_objects() -> Iterator[None]:
+    """Leave every object that exists now out of the cycle collector's passes until the block
+    ends (what is made meanwhile is collected as usual). A run does so once it has planned: the
+    full passes that its many new objects set off went over the whole heap each time, some 5%
+    of a big run (bench/render_send.py), and a forked helper inherits them frozen, so its passes
+    neither read nor copy them. Not when a caller froze objects already (gc.freeze): theirs."""
     if gc.get_freeze_count():
-        return False
+        yield
+        return
     gc.freeze()
-    return True
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _left_to_alerts(

@@ -118,7 +118,7 @@ def test_a_runs_records_of_its_sends_are_on_disk_when_it_ends(world, monkeypatch
 
 def test_a_run_leaves_the_cycle_collector_as_it_found_it(world):
     """A run keeps what existed before it out of the cycle collector's passes while it works
-    (bot.pipeline._freeze_what_exists): after it, nothing stays frozen for good (a daemon would
+    (bot.pipeline.frozen_objects): after it, nothing stays frozen for good (a daemon would
     never collect it), and a caller's own freeze is left alone. Also when the run fails."""
     import gc
 
