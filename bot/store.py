@@ -1013,27 +1013,41 @@ class Store:
         """Take one digest for sending. Only one process can hold it; a lease that runs out
         (its sender was killed) frees it again. Counts the attempt. Never while its subscriber's
         channel is suppressed (see `suppression`): False then, as when another process has it."""
-        stamp = format_time(now)
         with self._immediate() as conn:
-            cursor = conn.execute(
-                "update deliveries set state = 'sending', claimed_by = ?, claimed_until = ?,"
-                " attempts = attempts + 1 where id = ? and ("
-                " (state = 'pending' and coalesce(next_attempt_at, '') <= ?)"
-                " or (state = 'sending' and claimed_until < ?))"
-                f" and not exists ({_SUPPRESSED_HERE})",
-                [owner, format_time(now + lease), delivery_id, stamp, stamp],
-            )
-            return cursor.rowcount == 1
+            return _claimed(conn, delivery_id, owner, now, lease)
 
-    def mark_sent(self, delivery_id: int, now: datetime) -> None:
+    def mark_sent(
+        self, delivery_id: int, now: datetime, then_claim: tuple[int, str, timedelta] | None = None
+    ) -> bool:
         """Record that the server accepted the digest: nothing sends it again. The record survives
         a crash of paperbot at once, and a power cut once on disk (`sync`; bot.deliver.send_due
-        has the records reach it every tenth of a second of sending, not once per message)."""
+        has the records reach it every tenth of a second of sending, not once per message).
+
+        `then_claim`: (id, owner, lease) of the digest to send next, claimed in the same commit
+        as claim_delivery would (one commit a message rather than two); whether it was. Its
+        sender holds it then as it would once it had claimed it: a crash leaves it to its lease,
+        a sender that does not send it after all lets it go (`unclaim`)."""
         with self._immediate() as conn:
             conn.execute(
                 "update deliveries set state = 'sent', sent_at = ?, last_error = null, claimed_until = null"
                 " where id = ?",
                 [format_time(now), delivery_id],
+            )
+            return then_claim is not None and _claimed(conn, then_claim[0], then_claim[1], now, then_claim[2])
+
+    def unclaim(self, delivery_id: int, owner: str) -> bool:
+        """Let go of a digest `owner` claimed and did not try (see mark_sent's `then_claim`):
+        pending again, due as it was, its attempt not counted. False when that claim no longer
+        holds it (nothing is written then)."""
+        held, args = _held_by(owner)
+        with self._immediate() as conn:
+            return (
+                conn.execute(
+                    "update deliveries set state = 'pending', claimed_until = null, attempts = attempts - 1"
+                    f" where id = ?{held}",
+                    [delivery_id, *args],
+                ).rowcount
+                == 1
             )
 
     def sync(self, wait: bool = True) -> None:
@@ -1370,6 +1384,20 @@ def _claim_new_database(db: sqlite_utils.Database) -> None:
             "it has tables that paperbot did not make: is it a paperbot database? "
             "Give paperbot a file of its own (--db)"
         )
+
+
+def _claimed(conn: sqlite3.Connection, delivery_id: int, owner: str, now: datetime, lease: timedelta) -> bool:
+    """Claim one digest for `owner` in the transaction at hand (see Store.claim_delivery)."""
+    stamp = format_time(now)
+    cursor = conn.execute(
+        "update deliveries set state = 'sending', claimed_by = ?, claimed_until = ?,"
+        " attempts = attempts + 1 where id = ? and ("
+        " (state = 'pending' and coalesce(next_attempt_at, '') <= ?)"
+        " or (state = 'sending' and claimed_until < ?))"
+        f" and not exists ({_SUPPRESSED_HERE})",
+        [owner, format_time(now + lease), delivery_id, stamp, stamp],
+    )
+    return cursor.rowcount == 1
 
 
 def _held_by(owner: str | None) -> tuple[str, list]:

@@ -220,6 +220,33 @@ def test_only_one_process_can_claim_a_digest_and_a_dead_claim_expires(ledger):
     assert ledger.get_delivery(delivery.id).attempts == 2
 
 
+def test_sent_claims_the_next_digest_in_the_same_commit_and_unclaim_lets_it_go_uncounted(ledger):
+    """One commit a message: recording a send claims the digest to go next, as claim_delivery
+    would (not one another process holds, nor one of a suppressed address); a sender that does
+    not send it after all lets it go, pending and uncounted, and only its own claim."""
+    first, second, third = (reserve(ledger, sid) for sid in ("alice", "bob", "carol"))
+    lease = timedelta(minutes=5)
+    assert ledger.claim_delivery(first.id, "one", T0, lease)
+    assert ledger.mark_sent(first.id, T0, then_claim=(second.id, "one", lease))
+    assert ledger.get_delivery(first.id).state == "sent"
+    held = ledger.get_delivery(second.id)
+    assert (held.state, held.attempts) == ("sending", 1)
+    assert not ledger.claim_delivery(second.id, "two", T0, lease)  # held, as any claim
+    assert not ledger.unclaim(second.id, "two")  # not two's to let go
+    assert ledger.unclaim(second.id, "one")
+    again = ledger.get_delivery(second.id)
+    assert (again.state, again.attempts) == ("pending", 0)
+    assert [d.id for d in ledger.deliveries_to_send(T0)] == [second.id, third.id]
+    # Not one another process holds, nor one of an address suppressed meanwhile; the send is
+    # recorded all the same.
+    assert ledger.claim_delivery(second.id, "two", T0, lease)
+    assert not ledger.mark_sent(third.id, T0, then_claim=(second.id, "one", lease))
+    ledger.suppress("carol", "email", "carol@example.org", "unsubscribed", T0)
+    fourth = reserve(ledger, "carol", period="2026-06-13", papers=("2606.3",))
+    assert not ledger.mark_sent(second.id, T0, then_claim=(fourth.id, "two", lease))
+    assert [ledger.get_delivery(d.id).state for d in (second, third, fourth)] == ["sent", "sent", "pending"]
+
+
 def test_a_batch_waits_for_the_disk_every_tenth_of_a_second_and_at_its_end(ledger, tmp_path, monkeypatch):
     """Each "sent" is committed at once (synchronous=NORMAL: a crash of paperbot loses none); a
     power cut can undo at most the records of the last `sync_every` seconds (and of a wait for

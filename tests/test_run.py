@@ -988,7 +988,10 @@ def test_sigterm_finishes_the_message_in_flight_and_the_next_run_sends_the_rest(
     assert before < len(people), "the stop came too late to test anything"
     with open_store(tmp_path / "paperbot.db") as store:
         counts = store.delivery_counts()
+        pending = store.db.execute("select attempts from deliveries where state = 'pending'")
+        tries = [row[0] for row in pending]
     assert counts == {"sent": before, "pending": len(people) - before}  # none left 'sending'
+    assert tries == [0] * len(tries)  # not one counted: the next claimed with the last "sent" was let go
     assert out.count("sent p") == before
     again = paperbot(tmp_path, "run", "--once", "--offline", env=env)
     out, err = again.communicate(timeout=120)
