@@ -106,7 +106,7 @@ class Sending:
     """What one run's sending did so far: the deliveries it tried (each is tried once a run),
     the kinds whose transport is down (kind: why), which it sends no more of, and the
     refusals it has yet to judge; `owner`, its claims' name in the ledger; `ahead`, the digest
-    claimed with the last "sent" (Store.mark_sent), to go next.
+    claimed with the last "sent" (Store.mark_sent), to go next, and when.
 
     A server's refusal of paperbot itself at RCPT or DATA ("Relay access denied",
     "Authentication required") may concern one recipient alone. Such a refusal is judged by
@@ -126,7 +126,7 @@ class Sending:
         self.synced = monotonic()  # when the records of its sends last waited for the disk
         self.unsynced = False  # whether some were made since
         self.syncing = False  # whether the store may still be at that last time's
-        self.ahead: int | None = None  # the digest claimed with the last "sent", to go next
+        self.ahead: tuple[int, datetime] | None = None  # claimed with the last "sent": (id, when)
 
     def sync(self, store: Store, every: float | None = None) -> None:
         """Have the records of the sends so far reach the disk: at once, and wait for it; or,
@@ -529,7 +529,7 @@ def send_due(
         for place, delivery in enumerate(due):
             if should_stop():
                 break
-            if sending.ahead not in (None, delivery.id):  # not sent next after all: a bug's guard
+            if sending.ahead is not None and sending.ahead[0] != delivery.id:  # a bug's guard
                 _let_go_ahead(store, sending)
             sending.stored.pop(delivery.id, None)  # taken even when not sent: kept once
             if delivery.id in sending.tried or delivery.kind in sending.down:
@@ -548,6 +548,8 @@ def send_due(
                 continue
             if outcome.status == "sent":  # the refusals before it were their messages' own
                 judged = _judge(store, sending, delivery.kind, now, policy, "own")
+                if judged:  # failures recorded since the next was claimed (an address suppressed?)
+                    _let_go_ahead(store, sending)  # it is claimed again, as any is, when it goes
                 outcomes += judged
                 for each in judged:
                     on_outcome(each)
@@ -639,7 +641,7 @@ def _let_go_ahead(store: Store, sending: Sending) -> None:
     """Let go of the digest claimed with the last "sent" (see Store.mark_sent), when it is not
     sent next after all: the run stopped, or its sending ended. Pending again, uncounted."""
     if sending.ahead is not None:
-        ahead, sending.ahead = sending.ahead, None
+        (ahead, _), sending.ahead = sending.ahead, None
         store.unclaim(ahead, sending.owner)
 
 
@@ -663,7 +665,12 @@ def _send_one(
     sent_as, message = delivery, delivery.message  # sent as it is when it holds its message
     if message is not None:  # its outcome keeps the row, not the bytes: a run keeps every outcome
         delivery = dataclasses.replace(delivery, message=None)
-    claimed, sending.ahead = sending.ahead == delivery.id, None  # with the last one's "sent"
+    claimed = False  # with the last one's "sent", and its lease far from running out
+    if sending.ahead is not None and sending.ahead[0] == delivery.id:
+        if now() - sending.ahead[1] < policy.lease / 2:
+            claimed, sending.ahead = True, None
+        else:  # long ago (the run was held up): claimed again, unless another process has it now
+            _let_go_ahead(store, sending)
     if not claimed and not store.claim_delivery(delivery.id, owner, now(), policy.lease):  # suppressed, taken
         reason = store.suppression(delivery.subscriber_id, delivery.channel)
         if reason:
@@ -705,8 +712,8 @@ def _send_one(
     # bench/render_send.py the run's process took 4% less CPU, in alternating runs).
     if following is None:
         store.mark_sent(delivery.id, now())
-    elif store.mark_sent(delivery.id, now(), then_claim=(following.id, owner, policy.lease)):
-        sending.ahead = following.id
+    elif store.mark_sent(delivery.id, at := now(), then_claim=(following.id, owner, policy.lease)):
+        sending.ahead = (following.id, at)
     log.info(
         "sent %s digest %s to %s: %d papers",
         delivery.kind,

@@ -827,6 +827,87 @@ def test_a_transport_is_not_called_down_by_a_refusal_whose_digest_another_proces
     assert sending.down == {} and ledger.get_delivery(alice.id).state == "sent"
 
 
+class RefusedOnce:
+    """An SMTP sender whose server refuses `refused`'s RCPT TO once, then takes that address's
+    mail again (as after a greylisting)."""
+
+    def __init__(self, server, refused: str):
+        self.inner, self.server = smtp(server), server
+        server.handler.rcpt_replies = {f"{refused}@example.org": RELAY_DENIED}
+
+    def send(self, delivery):
+        try:
+            return self.inner.send(delivery)
+        finally:
+            self.server.handler.rcpt_replies = {}
+
+    def close(self):
+        self.inner.close()
+
+
+def test_the_next_digest_claimed_with_a_send_is_not_sent_once_a_judgement_suppressed_its_address(
+    ledger, smtp_server
+):
+    """Alice's older digest is refused and held; bob's goes, claiming alice's newer one in the
+    same commit, and so judges the refusal her own, which suppresses her address
+    (suppress_after=1): her newer digest is claimed again, as any is, and not sent."""
+    older = reserve(ledger, sid="alice", period="2026-06-11", papers=("2606.0",))
+    reserve(ledger, sid="bob")
+    newer = reserve(ledger, sid="alice")
+    sender = RefusedOnce(smtp_server, "alice")
+    outcomes = send_due(ledger, {"email": sender}, lambda: T0, RetryPolicy(suppress_after=1))
+    sender.close()
+    assert [(o.delivery.id, o.status) for o in outcomes if o.delivery.subscriber_id == "alice"] == [
+        (older.id, "failed"),
+        (newer.id, "suppressed"),
+    ]
+    assert [to for _, to, _ in smtp_server.handler.messages] == [["bob@example.org"]]
+
+
+def test_the_next_digest_claimed_long_ago_is_claimed_again_and_not_sent_twice(ledger, smtp_server):
+    """The run is held up after bob's send (a blocked terminal, a paused machine) longer than
+    the lease of alice's digest, claimed with it: another process sends hers meanwhile. This
+    run claims it again rather than trust the old claim, and leaves it to the other."""
+    reserve(ledger, sid="bob")
+    alice = reserve(ledger, sid="alice")
+    clock = [T0]
+    sender = smtp(smtp_server)
+
+    def held_up(outcome):
+        if outcome.delivery.subscriber_id == "bob":
+            clock[0] = T0 + timedelta(minutes=6)  # the lease is 5
+            with open_store(ledger.path) as other:
+                theirs = smtp(smtp_server)
+                assert [o.status for o in send_due(other, {"email": theirs}, lambda: clock[0])] == ["sent"]
+                theirs.close()
+
+    outcomes = send_due(ledger, {"email": sender}, lambda: clock[0], on_outcome=held_up)
+    sender.close()
+    assert [(o.delivery.subscriber_id, o.status) for o in outcomes] == [("bob", "sent"), ("alice", "busy")]
+    assert sorted(to[0] for _, to, _ in smtp_server.handler.messages) == [
+        "alice@example.org",
+        "bob@example.org",
+    ]
+    assert ledger.get_delivery(alice.id).state == "sent"
+
+
+def test_an_exception_between_messages_lets_go_of_the_next_digest_claimed(ledger, smtp_server):
+    """Ctrl-C right after bob's send is recorded, which claimed alice's digest in the same
+    commit: hers is not left claimed for the lease, with an attempt counted."""
+    reserve(ledger, sid="bob")
+    alice = reserve(ledger, sid="alice")
+    sender = smtp(smtp_server)
+
+    def interrupted(outcome):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        send_due(ledger, {"email": sender}, lambda: T0, on_outcome=interrupted)
+    sender.close()
+    row = ledger.get_delivery(alice.id)
+    assert (row.state, row.attempts) == ("pending", 0)
+
+
 def test_a_run_ended_by_an_exception_lets_go_of_the_refusals_it_held(ledger, smtp_server):
     """Ctrl-C while bob's digest goes, alice's refusal not judged yet: her digest is not left
     claimed for the lease, with an attempt counted; it is due again at once."""
