@@ -106,7 +106,8 @@ class Sending:
     """What one run's sending did so far: the deliveries it tried (each is tried once a run),
     the kinds whose transport is down (kind: why), which it sends no more of, and the
     refusals it has yet to judge; `owner`, its claims' name in the ledger; `ahead`, the digest
-    claimed with the last "sent" (Store.mark_sent), to go next, and when.
+    claimed with the last "sent" (Store.mark_sent), to go next: its id, when, and the ledger's
+    version then (Store.version).
 
     A server's refusal of paperbot itself at RCPT or DATA ("Relay access denied",
     "Authentication required") may concern one recipient alone. Such a refusal is judged by
@@ -126,7 +127,7 @@ class Sending:
         self.synced = monotonic()  # when the records of its sends last waited for the disk
         self.unsynced = False  # whether some were made since
         self.syncing = False  # whether the store may still be at that last time's
-        self.ahead: tuple[int, datetime] | None = None  # claimed with the last "sent": (id, when)
+        self.ahead: tuple[int, datetime, int] | None = None  # claimed with the last "sent"
 
     def sync(self, store: Store, every: float | None = None) -> None:
         """Have the records of the sends so far reach the disk: at once, and wait for it; or,
@@ -641,7 +642,7 @@ def _let_go_ahead(store: Store, sending: Sending) -> None:
     """Let go of the digest claimed with the last "sent" (see Store.mark_sent), when it is not
     sent next after all: the run stopped, or its sending ended. Pending again, uncounted."""
     if sending.ahead is not None:
-        (ahead, _), sending.ahead = sending.ahead, None
+        ahead, sending.ahead = sending.ahead[0], None
         store.unclaim(ahead, sending.owner)
 
 
@@ -665,11 +666,14 @@ def _send_one(
     sent_as, message = delivery, delivery.message  # sent as it is when it holds its message
     if message is not None:  # its outcome keeps the row, not the bytes: a run keeps every outcome
         delivery = dataclasses.replace(delivery, message=None)
-    claimed = False  # with the last one's "sent", and its lease far from running out
+    claimed = False  # with the last one's "sent"; trusted as a claim made now, if it is one
     if sending.ahead is not None and sending.ahead[0] == delivery.id:
-        if now() - sending.ahead[1] < policy.lease / 2:
+        _, when, version = sending.ahead
+        # Nothing written to the ledger by anyone else since (an unsubscribe, another process
+        # taking it over), and most of its lease ahead: else claimed again, as any is.
+        if now() - when < policy.lease / 10 and store.version() == version:
             claimed, sending.ahead = True, None
-        else:  # long ago (the run was held up): claimed again, unless another process has it now
+        else:
             _let_go_ahead(store, sending)
     if not claimed and not store.claim_delivery(delivery.id, owner, now(), policy.lease):  # suppressed, taken
         reason = store.suppression(delivery.subscriber_id, delivery.channel)
@@ -712,8 +716,11 @@ def _send_one(
     # bench/render_send.py the run's process took 4% less CPU, in alternating runs).
     if following is None:
         store.mark_sent(delivery.id, now())
-    elif store.mark_sent(delivery.id, at := now(), then_claim=(following.id, owner, policy.lease)):
-        sending.ahead = (following.id, at)
+    else:
+        at = now()
+        version = store.mark_sent(delivery.id, at, then_claim=(following.id, owner, policy.lease))
+        if version is not None:
+            sending.ahead = (following.id, at, version)
     log.info(
         "sent %s digest %s to %s: %d papers",
         delivery.kind,

@@ -1018,22 +1018,32 @@ class Store:
 
     def mark_sent(
         self, delivery_id: int, now: datetime, then_claim: tuple[int, str, timedelta] | None = None
-    ) -> bool:
+    ) -> int | None:
         """Record that the server accepted the digest: nothing sends it again. The record survives
         a crash of paperbot at once, and a power cut once on disk (`sync`; bot.deliver.send_due
         has the records reach it every tenth of a second of sending, not once per message).
 
         `then_claim`: (id, owner, lease) of the digest to send next, claimed in the same commit
-        as claim_delivery would (one commit a message rather than two); whether it was. Its
-        sender holds it then as it would once it had claimed it: a crash leaves it to its lease,
-        a sender that does not send it after all lets it go (`unclaim`)."""
+        as claim_delivery would (one commit a message rather than two). Returns the ledger's
+        version (see `version`) as of that claim, or None when it was not claimed. Its sender
+        holds it then as it would once it had claimed it: a crash leaves it to its lease, a
+        sender that does not send it after all lets it go (`unclaim`)."""
         with self._immediate() as conn:
             conn.execute(
                 "update deliveries set state = 'sent', sent_at = ?, last_error = null, claimed_until = null"
                 " where id = ?",
                 [format_time(now), delivery_id],
             )
-            return then_claim is not None and _claimed(conn, then_claim[0], then_claim[1], now, then_claim[2])
+            if then_claim is None or not _claimed(conn, then_claim[0], then_claim[1], now, then_claim[2]):
+                return None
+            # Read while this transaction holds the write lock: a commit of anyone else's comes after.
+            return self.version()
+
+    def version(self) -> int:
+        """A number that changes whenever another connection (another process, say) commits to
+        the database, and only then (PRAGMA data_version): to tell whether what this one read
+        or claimed may have changed since."""
+        return self.db.conn.execute("PRAGMA data_version").fetchone()[0]
 
     def unclaim(self, delivery_id: int, owner: str) -> bool:
         """Let go of a digest `owner` claimed and did not try (see mark_sent's `then_claim`):

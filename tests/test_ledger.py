@@ -16,7 +16,7 @@ import pytest
 from bot.channels.email import OutboxSender, SmtpSender
 from bot.deliver import RetryPolicy, Sending, release, send_due, settle
 from bot.errors import PermanentError, StoreError, TransientError
-from bot.store import open_store
+from bot.store import format_time, open_store
 from conftest import LEDGER_T0, reserve_row
 
 T0 = LEDGER_T0
@@ -227,7 +227,7 @@ def test_sent_claims_the_next_digest_in_the_same_commit_and_unclaim_lets_it_go_u
     first, second, third = (reserve(ledger, sid) for sid in ("alice", "bob", "carol"))
     lease = timedelta(minutes=5)
     assert ledger.claim_delivery(first.id, "one", T0, lease)
-    assert ledger.mark_sent(first.id, T0, then_claim=(second.id, "one", lease))
+    assert ledger.mark_sent(first.id, T0, then_claim=(second.id, "one", lease)) == ledger.version()
     assert ledger.get_delivery(first.id).state == "sent"
     held = ledger.get_delivery(second.id)
     assert (held.state, held.attempts) == ("sending", 1)
@@ -240,10 +240,10 @@ def test_sent_claims_the_next_digest_in_the_same_commit_and_unclaim_lets_it_go_u
     # Not one another process holds, nor one of an address suppressed meanwhile; the send is
     # recorded all the same.
     assert ledger.claim_delivery(second.id, "two", T0, lease)
-    assert not ledger.mark_sent(third.id, T0, then_claim=(second.id, "one", lease))
+    assert ledger.mark_sent(third.id, T0, then_claim=(second.id, "one", lease)) is None
     ledger.suppress("carol", "email", "carol@example.org", "unsubscribed", T0)
     fourth = reserve(ledger, "carol", period="2026-06-13", papers=("2606.3",))
-    assert not ledger.mark_sent(second.id, T0, then_claim=(fourth.id, "two", lease))
+    assert ledger.mark_sent(second.id, T0, then_claim=(fourth.id, "two", lease)) is None
     assert [ledger.get_delivery(d.id).state for d in (second, third, fourth)] == ["sent", "sent", "pending"]
 
 
@@ -889,6 +889,55 @@ def test_the_next_digest_claimed_long_ago_is_claimed_again_and_not_sent_twice(le
         "bob@example.org",
     ]
     assert ledger.get_delivery(alice.id).state == "sent"
+
+
+def test_the_next_digest_claimed_with_a_send_is_not_sent_once_its_address_unsubscribed_meanwhile(
+    ledger, smtp_server
+):
+    """Alice unsubscribes (the web app's link, another process) just after bob's send claimed
+    her digest: anything another process writes to the ledger has the claim made again, and
+    it is not sent."""
+    reserve(ledger, sid="bob")
+    reserve(ledger, sid="alice")
+    sender = smtp(smtp_server)
+
+    def unsubscribed(outcome):
+        with open_store(ledger.path) as web:
+            web.suppress("alice", "*", "alice@example.org", "unsubscribed", T0)
+
+    outcomes = send_due(ledger, {"email": sender}, lambda: T0, on_outcome=unsubscribed)
+    sender.close()
+    assert [(o.delivery.subscriber_id, o.status) for o in outcomes] == [
+        ("bob", "sent"),
+        ("alice", "suppressed"),
+    ]
+    assert [to for _, to, _ in smtp_server.handler.messages] == [["bob@example.org"]]
+
+
+def test_the_next_digest_claimed_a_while_ago_is_claimed_anew_for_a_whole_lease(ledger, smtp_server):
+    """A run held up a minute between messages (of a 5-minute lease): the digest claimed with
+    the last send is claimed again as it goes, so that its send has a whole lease before
+    another process may take it over; it goes once, one attempt counted."""
+    reserve(ledger, sid="bob")
+    alice = reserve(ledger, sid="alice")
+    clock = [T0]
+    inner, leases = smtp(smtp_server), []
+
+    class Watching:
+        def send(self, delivery):
+            row = "select claimed_until from deliveries where id = ?"
+            leases.append(ledger.db.execute(row, [delivery.id]).fetchone()[0])
+            return inner.send(delivery)
+
+    def held_up(outcome):
+        clock[0] += timedelta(minutes=1)
+
+    outcomes = send_due(ledger, {"email": Watching()}, lambda: clock[0], on_outcome=held_up)
+    inner.close()
+    assert [o.status for o in outcomes] == ["sent", "sent"]
+    assert leases == [format_time(T0 + timedelta(minutes=5)), format_time(T0 + timedelta(minutes=6))]
+    row = ledger.get_delivery(alice.id)
+    assert (row.state, row.attempts) == ("sent", 1) and len(smtp_server.handler.messages) == 2
 
 
 def test_an_exception_between_messages_lets_go_of_the_next_digest_claimed(ledger, smtp_server):
