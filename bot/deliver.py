@@ -639,8 +639,9 @@ def release(store: Store, sending: Sending, now: Callable[[], datetime]) -> None
 
 
 def _let_go_ahead(store: Store, sending: Sending) -> None:
-    """Let go of the digest claimed with the last "sent" (see Store.mark_sent), when it is not
-    sent next after all: the run stopped, or its sending ended. Pending again, uncounted."""
+    """Let go of the digest claimed with the last "sent" (see Store.mark_sent): pending again,
+    uncounted. When it is not sent next after all (the run stopped, its sending ended), or is
+    to be claimed again before it goes (see _send_one)."""
     if sending.ahead is not None:
         ahead, sending.ahead = sending.ahead[0], None
         store.unclaim(ahead, sending.owner)
