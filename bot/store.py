@@ -1049,16 +1049,17 @@ class Store:
         """Let go of a digest `owner` claimed and did not try (see mark_sent's `then_claim`):
         pending again, due as it was, its attempt not counted. False when that claim no longer
         holds it (nothing is written then)."""
-        held, args = _held_by(owner)
+        return self._update_held(
+            "state = 'pending', claimed_until = null, attempts = attempts - 1", [], delivery_id, owner
+        )
+
+    def _update_held(self, changes: str, args: list, delivery_id: int, owner: str | None) -> bool:
+        """Set `changes` (SQL, with `args`) on one digest's row; with `owner`, only while that
+        claim holds it. Whether it was written."""
+        held, held_args = _held_by(owner)
         with self._immediate() as conn:
-            return (
-                conn.execute(
-                    "update deliveries set state = 'pending', claimed_until = null, attempts = attempts - 1"
-                    f" where id = ?{held}",
-                    [delivery_id, *args],
-                ).rowcount
-                == 1
-            )
+            sql = f"update deliveries set {changes} where id = ?{held}"
+            return conn.execute(sql, [*args, delivery_id, *held_args]).rowcount == 1
 
     def sync(self, wait: bool = True) -> None:
         """Wait until every commit so far is on disk: an fsync of the write-ahead log, as
@@ -1132,16 +1133,13 @@ class Store:
         """A transient failure: try again at `next_attempt_at`. Not `counted`: the attempt that
         claiming counted is taken back (it was not the digest's failure). With `owner`, only
         while that claim holds the row: False when it no longer does (nothing is written)."""
-        held, args = _held_by(owner)
-        with self._immediate() as conn:
-            return (
-                conn.execute(
-                    "update deliveries set state = 'pending', last_error = ?, next_attempt_at = ?,"
-                    f" claimed_until = null, attempts = attempts - ? where id = ?{held}",
-                    [error, format_time(next_attempt_at), 0 if counted else 1, delivery_id, *args],
-                ).rowcount
-                == 1
-            )
+        return self._update_held(
+            "state = 'pending', last_error = ?, next_attempt_at = ?, claimed_until = null,"
+            " attempts = attempts - ?",
+            [error, format_time(next_attempt_at), 0 if counted else 1],
+            delivery_id,
+            owner,
+        )
 
     def mark_failed(self, delivery_id: int, error: str, owner: str | None = None) -> int | None:
         """A permanent failure. Returns how many digests to that subscriber and channel failed
