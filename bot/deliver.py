@@ -483,12 +483,8 @@ def join_parts(parts: list[bytes]) -> bytes:
     return MULTIPART + json.dumps([part.decode("utf-8") for part in parts]).encode("utf-8")
 
 
-def message_parts(delivery: Delivery) -> list[bytes]:
-    """The messages a ledger row holds, in order."""
-    return _parts(delivery.message)
-
-
-def _parts(message: bytes | None) -> list[bytes]:
+def split_parts(message: bytes | None) -> list[bytes]:
+    """The messages a stored ledger message holds (see join_parts), in order."""
     message = message or b""
     if message.startswith(MULTIPART):
         return [part.encode("utf-8") for part in json.loads(message[len(MULTIPART) :])]
@@ -690,7 +686,7 @@ def _send_one(
     try:
         # A message in several parts (a long Slack digest) records each part as it goes,
         # so a failure after part 1 never sends part 1 again.
-        parts = _parts(stored)
+        parts = split_parts(stored)
         if delivery.kind == "email" and "${" in delivery.recipient:  # a row an older paperbot wrote
             delivery = sent_as = dataclasses.replace(delivery, recipient=_expanded(delivery.recipient))
         expect = getattr(sender, "expect", None)
