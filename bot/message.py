@@ -183,26 +183,26 @@ def email_data(
         list_id,
         # Folded only between its URLs: an encoded word or a break inside a URL is read by no client.
         _header("List-Unsubscribe", f"<{mailto}>,\r\n <{digest.unsubscribe_url}>"),
-        _header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
-        _header("Auto-Submitted", "auto-generated"),
-        _header("MIME-Version", "1.0"),
+        _FIXED_HEADERS,
         _header("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
     ]
     delimiter = f"--{boundary}\r\n".encode("ascii")
     head = "".join(headers).encode("ascii")
     _check_lines(head)
-    data = b"".join(
-        [
-            head,
-            b"\r\n",
-            delimiter,
-            _text_part("plain", rendered.text_parts),
-            b"\r\n" + delimiter,
-            _text_part("html", rendered.html_parts),
-            f"\r\n--{boundary}--\r\n".encode("ascii"),
-        ]
-    )
-    return data
+    pieces = [head, b"\r\n", delimiter]  # the message's bytes, joined once
+    _add_text_part(pieces, "plain", rendered.text_parts)
+    pieces.append(b"\r\n" + delimiter)
+    _add_text_part(pieces, "html", rendered.html_parts)
+    pieces.append(f"\r\n--{boundary}--\r\n".encode("ascii"))
+    return b"".join(pieces)
+
+
+# The same in every digest: one-click unsubscribe (RFC 8058), not an autoresponder's target (RFC 3834).
+_FIXED_HEADERS = (
+    "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+    "Auto-Submitted: auto-generated\r\n"
+    "MIME-Version: 1.0\r\n"
+)
 
 
 @lru_cache(maxsize=16)
@@ -282,11 +282,11 @@ def _encoded_words(value: str) -> str:
     )
 
 
-def _text_part(subtype: str, parts: tuple[tuple[str, bool], ...]) -> bytes:
-    """One quoted-printable part from its pieces, (piece, shared). Quoted-printable works line by
-    line, so text cut at line ends encodes piece by piece to the same bytes; the pieces other
-    digests share (bot.render's cards) are encoded once."""
-    encoded: list[bytes] = []
+def _add_text_part(encoded: list[bytes], subtype: str, parts: tuple[tuple[str, bool], ...]) -> None:
+    """One quoted-printable part from its pieces, (piece, shared), added to `encoded`, the bytes of
+    the message. Quoted-printable works line by line, so text cut at line ends encodes piece by
+    piece to the same bytes; the pieces other digests share (bot.render's cards) are encoded once."""
+    encoded.append(_PART_HEADERS[subtype])
     add, from_cache = encoded.append, _encoded_shared  # a digest's parts number dozens
     run: list[str] = []
     shared = True
@@ -304,10 +304,15 @@ def _text_part(subtype: str, parts: tuple[tuple[str, bool], ...]) -> bytes:
             run, shared = [], True
     if run:
         add(_encoded("".join(run)))
-    return (
+
+
+_PART_HEADERS = {
+    subtype: (
         f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
         "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-    ).encode("ascii") + b"".join(encoded)
+    ).encode("ascii")
+    for subtype in ("plain", "html")
+}
 
 
 def _encoded(text: str) -> bytes:

@@ -330,12 +330,11 @@ def _authors(paper: Paper, hits: Iterable) -> tuple[Segment, ...]:
 
 @lru_cache(maxsize=_CARDS_CACHED)
 def _authors_marked(authors: tuple[str, ...], spans: tuple[tuple[int, int], ...]) -> tuple[Segment, ...]:
-    names = list(authors)
+    names = authors
     if not names:
         return ()
-    # Author hits index the authors joined by "; " (bot.query.PaperText.texts["author"]).
     marked: dict[int, list[tuple[int, int]]] = {}
-    starts = list(accumulate((len(name) + 2 for name in names[:-1]), initial=0))
+    starts = _author_starts(authors)
     for hit_start, hit_end in spans:
         number = bisect_right(starts, hit_start) - 1  # the one name that can hold the hit
         if number >= 0 and hit_end <= starts[number] + len(names[number]):
@@ -355,6 +354,13 @@ def _authors_marked(authors: tuple[str, ...], spans: tuple[tuple[int, int], ...]
     if len(shown) + len(late) < len(names):
         pieces.append(Segment(" et al."))
     return tuple(pieces)
+
+
+@lru_cache(maxsize=_CARDS_CACHED)
+def _author_starts(authors: tuple[str, ...]) -> list[int]:
+    """Where each name starts in the authors joined by "; ", which author hits index
+    (bot.query.PaperText.texts["author"]): once per paper, however many cards show it."""
+    return list(accumulate((len(name) + 2 for name in authors[:-1]), initial=0))
 
 
 def _organization(paper: Paper, hits: Iterable) -> tuple[Segment, ...]:
@@ -484,9 +490,21 @@ def _marked(context: jinja2.nodes.EvalContext, segments: Iterable[Segment]) -> s
     watches' words marked: `<mark class="hl">` in HTML (the text escaped, the style sheet's
     `.hl` gives the look), `*word*` in plain text. A filter, not a template macro: a run marks
     thousands of texts, and a macro call costs Jinja several times as much."""
-    if context.autoescape:
-        return Markup("".join(_MARK % escape(s.text) if s.marked else escape(s.text) for s in segments))
-    return "".join(f"*{s.text}*" if s.marked else s.text for s in segments)
+    if not isinstance(segments, tuple):  # the cards' texts are; anything else is marked as it comes
+        segments = tuple(segments)
+    return _marked_html(segments) if context.autoescape else _marked_text(segments)
+
+
+# A card's title, authors and snippet recur in many cards (the same highlights, other watches):
+# each is marked once.
+@lru_cache(maxsize=_CARDS_CACHED)
+def _marked_html(segments: tuple[Segment, ...]) -> Markup:
+    return Markup("".join([_MARK % escape(s.text) if s.marked else escape(s.text) for s in segments]))
+
+
+@lru_cache(maxsize=_CARDS_CACHED)
+def _marked_text(segments: tuple[Segment, ...]) -> str:
+    return "".join([f"*{s.text}*" if s.marked else s.text for s in segments])
 
 
 _MARK = Markup('<mark class="hl">%s</mark>')
@@ -511,18 +529,21 @@ def _wordwrap(
     return wrapstring.join([wrapstring.join(_wrapped(line, width)) for line in s.splitlines()])
 
 
-def _wrapped(line: str, width: int) -> list[str]:
+@lru_cache(maxsize=_CARDS_CACHED)  # a snippet recurs in many cards (other watches, other highlights)
+def _wrapped(line: str, width: int) -> tuple[str, ...]:
     """textwrap.wrap(line, width, expand_tabs=False, replace_whitespace=False,
-    break_long_words=False, break_on_hyphens=False)."""
+    break_long_words=False, break_on_hyphens=False), as a tuple."""
     words = line.split(" ")
     if "" in words or not line.isprintable():  # runs of spaces, other whitespace: textwrap's way
-        return textwrap.wrap(
-            line,
-            width=width,
-            expand_tabs=False,
-            replace_whitespace=False,
-            break_long_words=False,
-            break_on_hyphens=False,
+        return tuple(
+            textwrap.wrap(
+                line,
+                width=width,
+                expand_tabs=False,
+                replace_whitespace=False,
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
         )
     lines = []
     current = [words[0]]
@@ -536,7 +557,7 @@ def _wrapped(line: str, width: int) -> list[str]:
             current = [word]
             length = len(word)
     lines.append(" ".join(current))
-    return lines
+    return tuple(lines)
 
 
 def _rendered(template: jinja2.Template, values: dict, **more) -> str:
@@ -671,13 +692,28 @@ class _CardParts:
     text_rest: _Tidied
     text_whole: bool  # the text ends its last line: digests join it tidied (else tidy it whole)
     numbered: dict[int, _Tidied] = field(default_factory=dict, compare=False, repr=False)  # see ranked
+    joined: dict[int, tuple | None] = field(default_factory=dict, compare=False, repr=False)  # see unit
 
     def ranked(self, rank: int) -> _Tidied:
         """text_ranked numbered `rank`: the very string in every digest that shows the card at
-        that rank, so that the mail encodes it once (see bot.message._text_part)."""
+        that rank, so that the mail encodes it once (see bot.message._add_text_part)."""
         made = self.numbered.get(rank)
         if made is None:
             made = self.numbered[rank] = _numbered(self.text_ranked, rank)
+        return made
+
+    def unit(self, rank: int) -> tuple | None:
+        """The card's text at `rank` as _joined_tidy joins it into a digest's: (whether a blank
+        line comes before it, its parts, whether one comes after it), worked out once per rank.
+        None when a part of it is blank: then _joined_tidy joins it stretch by stretch."""
+        made = self.joined.get(rank, False)
+        if made is False:
+            ranked, rest = self.ranked(rank), self.text_rest
+            made = None
+            if ranked.core and rest.core:
+                between = (("\n", True),) if ranked.after or rest.before else ()
+                made = (ranked.before, ((ranked.core, True), *between, (rest.core, True)), rest.after)
+            self.joined[rank] = made
         return made
 
 
@@ -736,6 +772,11 @@ def _html_size(text: str) -> int:
     return (len(text) if text.isascii() else len(text.encode("utf-8"))) + text.count("\n")
 
 
+# The shared lines of frames (the page's head, its style sheet) are the same strings in every
+# digest of a layout: each measured once.
+_layout_size = lru_cache(maxsize=1024)(_html_size)
+
+
 def _card_html(environment: jinja2.Environment, card: PaperCard) -> str:
     """One card's HTML with its CSS inlined: rendered and inlined once, in a page with the
     digest's style sheet (no rule of which depends on what is around a card), alone or with
@@ -749,11 +790,9 @@ def _inlined_cards(environment: jinja2.Environment, cards: Sequence[PaperCard]) 
     css = environment.get_template("digest.css.j2").render()
     template = environment.get_template("card.html.j2")
     rows = "".join(f"{_CARD_START}{_rendered(template, {'p': card})}{_CARD_END}" for card in cards)
-    page = (
-        f"<!DOCTYPE html><html><head><style>{css}</style></head><body>"
-        f"<table><tbody>{rows}</tbody></table></body></html>"
-    )
-    inlined = _inliner().inline(page)
+    # A fragment with the style sheet beside it: the same as a whole page with it in <style>,
+    # and a tenth quicker.
+    inlined = _inliner().inline_fragment(f"<table><tbody>{rows}</tbody></table>", css)
     made = [piece.split(_CARD_END, 1)[0] for piece in inlined.split(_CARD_START)[1:]]
     if len(made) != len(cards):
         raise RuntimeError("card.html.j2 must make table rows: its cards could not be found again")
@@ -826,8 +865,9 @@ _KEPT: dict[tuple, _CardParts] = {}  # (environment, *card key) -> a card anothe
 
 def forget_cards() -> None:
     """Drop every card and page layout kept rendered (a benchmark of a cold start calls this)."""
-    cards = (_card_of, _facts, _card_parts, _rendered_card)
-    for cache in (*cards, _scanned, _segments_of, _authors_marked, _pattern):
+    cards = (_card_of, _facts, _card_parts, _rendered_card, _marked_html, _marked_text)
+    kept = (_scanned, _segments_of, _authors_marked, _author_starts, _pattern, _layout_size, _wrapped)
+    for cache in (*cards, *kept):
         cache.cache_clear()
     _LAYOUTS.clear()
     _PREPARED.clear()
@@ -853,9 +893,9 @@ _MARKUP = re.compile(
     r"<!--.*?-->|<![^>]*>|<(/?)([A-Za-z][^\s/>]*)((?:\s+[^\s\"'=<>/]+(?:=\"[^\"]*\")?)*)\s*/?>", re.S
 )
 _ATTRIBUTE = re.compile(r"([^\s\"'=<>/]+)(?:=\"([^\"]*)\")?")
-_LAYOUTS: dict[
-    tuple[jinja2.Environment, str], tuple | None
-] = {}  # (environment, skeleton) -> pieces; None: inline whole
+# (environment, length of a skeleton) -> [(skeleton, its layout, or None: inline whole)]: found
+# by comparing skeletons of one length, not by hashing each digest's, which took longer.
+_LAYOUTS: dict[tuple[jinja2.Environment, int], list[tuple[str, tuple | None]]] = {}
 _LAYOUTS_KEPT = 256
 _recording: ContextVar[list | None] = ContextVar("paperbot_frame_values", default=None)
 
@@ -925,54 +965,69 @@ def _skeleton_pieces(inlined: str, holes: int) -> tuple | None:
 
 
 def _layout(pieces: tuple) -> tuple:
-    """The pieces of an inlined skeleton as a frame is filled: each hole as it is, each stretch of
-    text as (start of its first line, its whole lines, end of its last line), the whole lines
-    the same in every digest of the layout; and None where the cards go."""
+    """The pieces of an inlined skeleton as a frame is filled: the whole lines of each stretch
+    of text, as (lines, True), the same string in every digest of the layout; between them
+    what is made for each digest, a _Run (its text and holes, or a text alone as (text, False));
+    and None where the cards go."""
     layout: list = []
+    literals, holes = [""], []
+
+    def end_run() -> None:
+        if holes:
+            layout.append(_Run(tuple(literals), tuple(holes)))
+        elif literals[0]:
+            layout.append((literals[0], False))
+        literals[:], holes[:] = [""], []
+
     for number, piece in enumerate(pieces):
         if piece.__class__ is not str:
-            layout.append(piece)
+            holes.append(piece)
+            literals.append("")
             continue
         texts = piece.split(_CARDS_HERE)
         for index, text in enumerate(texts):
             if index:
+                end_run()
                 layout.append(None)
             starts_line = index > 0 or number == 0
             first = 0 if starts_line else text.find("\n") + 1
             last = text.rfind("\n") + 1
             if first and last < first:  # the text ends no line but its first: nothing whole
                 first = last = len(text)
-            layout.append((text[:first], text[first:last], text[last:]))
+            literals[-1] += text[:first]
+            if last > first:
+                end_run()
+                layout.append((text[first:last], True))
+            literals[-1] += text[last:]
+    end_run()
     return tuple(layout)
+
+
+class _Run(NamedTuple):
+    """Text of a frame made for each digest: literals, with the value of a hole between each two."""
+
+    literals: tuple[str, ...]
+    holes: tuple[tuple[int, bool], ...]  # (value's number, in an attribute)
 
 
 def _filled(layout: tuple, values: list) -> list | None:
     """The frame's parts, (text, shared), None where the cards go; None when a value cannot be
     written into the skeleton (see _escaped)."""
     parts: list = []
-    run: list[str] = []
     for element in layout:
-        if element is None:
-            if any(run):
-                parts.append(("".join(run), False))
-                run = []
-            parts.append(None)
-        elif len(element) == 2:
-            text = _escaped(values[element[0]], element[1])
+        if element.__class__ is not _Run:  # shared lines, a text alone, the cards' place
+            parts.append(element)
+            continue
+        literals = element.literals
+        pieces = [literals[0]]
+        for (number, in_attribute), literal in zip(element.holes, literals[1:], strict=True):
+            text = _escaped(values[number], in_attribute)
             if text is None:
                 return None
-            run.append(text)
-        else:
-            start, lines, end = element
-            run.append(start)
-            if lines:
-                if any(run):
-                    parts.append(("".join(run), False))
-                parts.append((lines, True))
-                run = []
-            run.append(end)
-    if any(run):
-        parts.append(("".join(run), False))
+            pieces += (text, literal)
+        text = "".join(pieces)
+        if text:
+            parts.append((text, False))
     return parts
 
 
@@ -1023,14 +1078,15 @@ def _frame_parts(environment: jinja2.Environment, values: dict) -> list:
         _recording.reset(token)
     if _UNFILLABLE in printed:
         return _whole_frame(frame, values)
-    key = (environment, skeleton)
-    layout = _LAYOUTS.get(key, False)
+    key = (environment, len(skeleton))
+    layout = next((layout for known, layout in _LAYOUTS.get(key, ()) if known == skeleton), False)
     if layout:
         parts = _filled(layout, printed)
         if parts is not None:
             return parts
     whole = _inliner().inline(_rendered(frame, values, cards=_CARDS_HERE))
-    if layout is False and len(_LAYOUTS) < _LAYOUTS_KEPT:  # new: keep it if it makes this page
+    kept = sum(map(len, _LAYOUTS.values()))
+    if layout is False and kept < _LAYOUTS_KEPT:  # new: keep it if it makes this page
         layout = None
         if skeleton.count("\ue000") == len(printed):
             pieces = _skeleton_pieces(_inliner().inline(skeleton), len(printed))
@@ -1039,7 +1095,7 @@ def _frame_parts(environment: jinja2.Environment, values: dict) -> list:
                 parts = _filled(layout, printed)
                 if parts is None or "".join(_CARDS_HERE if p is None else p[0] for p in parts) != whole:
                     layout = None
-        _LAYOUTS[key] = layout
+        _LAYOUTS.setdefault(key, []).append((skeleton, layout))
         if layout:
             return parts  # the same parts as every later digest of this layout gets
     return _split_frame(whole)
@@ -1095,7 +1151,8 @@ def render_digest(digest: Digest, environment: jinja2.Environment | None = None)
         # As the mail program decodes it (see _html_size): each card's measured when it was made.
         end = at + shown
         size = sum(part.html_size for part in parts[:shown])
-        size += sum(_html_size(text) for text, _ in html_parts[:at] + html_parts[end:])
+        frame_parts = html_parts[:at] + html_parts[end:]
+        size += sum(_layout_size(text) if shared else _html_size(text) for text, shared in frame_parts)
         if shown and end == len(html_parts):  # the page ends with the last card, its end trimmed
             size += _html_size(html_parts[-1][0]) - parts[shown - 1].html_size
         if size <= MAX_HTML_BYTES or shown == 0:
@@ -1153,13 +1210,38 @@ def _text_parts(environment: jinja2.Environment, values: dict, parts: Sequence[_
         frame = _rendered(template, values, cards=_CARDS_TEXT_HERE)
         before, here, after = frame.partition(_CARDS_TEXT_HERE)
         if here and (not before or before.endswith("\n")) and _CARDS_TEXT_HERE not in after:
-            stretches = [(_tidied(before), False)]
+            head, tail = _tidied(before), _tidied(after)
+            units = [part.unit(rank) for rank, part in enumerate(parts, 1)]
+            if None not in units:
+                return _joined_units(head, units, tail)
+            stretches = [(head, False)]
             for rank, part in enumerate(parts, 1):
                 stretches += ((part.ranked(rank), True), (part.text_rest, True))
-            stretches.append((_tidied(after), False))
+            stretches.append((tail, False))
             return _joined_tidy(stretches)
     cards = "".join(part.text.replace(_RANK, str(rank)) for rank, part in enumerate(parts, 1))
     return ((_tidy_text(_rendered(template, values, cards=cards)), False),)
+
+
+def _joined_units(head: _Tidied, units: Sequence[tuple], tail: _Tidied) -> tuple[tuple[str, bool], ...]:
+    """_joined_tidy of the frame's text before the cards, the cards (each as _CardParts.unit
+    has it joined already), and the frame's text after them."""
+    parts: list[tuple[str, bool]] = []
+    pending = head.core  # the digest's own text, not yet in parts
+    blank = head.after if pending else head.before
+    for before, card, after in units:
+        if (blank or before) and (pending or parts):
+            parts.append((pending + "\n", False) if pending else ("\n", True))
+        elif pending:
+            parts.append((pending, False))
+        pending = ""
+        parts += card
+        blank = after
+    if tail.core:
+        pending += "\n" + tail.core if (blank or tail.before) and (pending or parts) else tail.core
+    if pending:
+        parts.append((pending, False))
+    return tuple(parts) if parts else (("\n", False),)
 
 
 @lru_cache(maxsize=8)

@@ -231,6 +231,40 @@ def test_the_text_made_of_tidied_cards_is_the_text_tidied_whole(tmp_path, edit, 
     assert digest.total > 5 and expected in text
 
 
+def test_cards_joined_whole_read_as_joined_stretch_by_stretch():
+    """A digest's text joins each card as one unit (_CardParts.unit, worked out once per rank):
+    for every way blank lines may stand around and inside cards and around the frame's text,
+    the parts are those of joining the card's two stretches one by one (_joined_tidy)."""
+    import itertools
+    import random
+
+    from bot.render import _joined_tidy, _joined_units, _Tidied
+
+    def unit(ranked: _Tidied, rest: _Tidied) -> tuple:
+        between = (("\n", True),) if ranked.after or rest.before else ()
+        return (ranked.before, ((ranked.core, True), *between, (rest.core, True)), rest.after)
+
+    flags = list(itertools.product((False, True), repeat=2))
+    frames = [_Tidied(before, core, after) for before, after in flags for core in ("", "paperbot\n")]
+    chooser = random.Random(4)
+    checked = 0
+    for head, tail in itertools.product(frames, repeat=2):
+        for count in range(4):
+            for _ in range(8):
+                cards = [
+                    (
+                        _Tidied(*chooser.choice(flags)[:1], f"{n}. Title\n", chooser.random() < 0.5),
+                        _Tidied(chooser.random() < 0.5, "   https://hf.co/\n", chooser.random() < 0.5),
+                    )
+                    for n in range(count)
+                ]
+                stretches = [(head, False)] + [(t, True) for card in cards for t in card] + [(tail, False)]
+                joined = _joined_units(head, [unit(*card) for card in cards], tail)
+                assert joined == _joined_tidy(stretches), (head, cards, tail)
+                checked += 1
+    assert checked == len(frames) ** 2 * 4 * 8
+
+
 @pytest.mark.parametrize(
     "name",
     ['Ana & <Bo> "the lab"', "O'Brien\u00a0Lab &amp; co", "Zoë <script>alert(1)</script>", "Line\rbreak"],
@@ -255,7 +289,8 @@ def test_a_frame_filled_from_its_cached_layout_is_the_page_inlining_it_whole_mak
         rendered = render_digest(digest, environment)
         assert rendered.html == inlined_whole(digest, environment)
     assert any(shared for _, shared in rendered.html_parts[:2]), "the page's head is shared"
-    layouts = [layout for (made_by, _), layout in _LAYOUTS.items() if made_by is environment]
+    kept = [layouts for (made_by, _), layouts in _LAYOUTS.items() if made_by is environment]
+    layouts = [layout for same_length in kept for _, layout in same_length]
     assert layouts and all(layouts), "each layout is kept: its digests are filled in, not inlined whole"
 
 
