@@ -14,10 +14,12 @@ inlines the CSS for mail clients that drop <style>, and keeps the HTML under
 
 It is fast because most of a digest is shared: a paper shown with the same watches and the
 same highlights looks the same in every subscriber's digest. Each such card is rendered
-(`card.html.j2`, `card.txt.j2`) and CSS-inlined once, alone in a page with the same style
-sheet, and kept (an LRU cache); a digest renders and inlines only its frame
-(`digest.html.j2`: header, footer, links) and puts its cards in. The result is the same,
-byte for byte, as inlining the whole page (a test checks it on real digests).
+(`card.html.j2`, `card.txt.j2`) and CSS-inlined once, with the same style sheet (many
+cards at once when a run prepares them), and kept (an LRU cache); a digest renders only its
+frame (`digest.html.j2`: header, footer, links), fills its values into the frame's layout,
+inlined once, and puts its cards in. The result is the same, byte for byte, as inlining the
+whole page (a test checks it on real digests). What recurs within cards (a highlighted
+title, snippet or author list, a snippet's wrapping) is also worked out once.
 
 Matched words are highlighted in the title (from the match's hits) and in the snippet (HF's
 AI summary, else the opening of the abstract), where they are found again with the same
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import operator
 import re
 import secrets
 import textwrap
@@ -144,6 +147,10 @@ class PaperCard:
     reasons: tuple[str, ...]  # why now, for rising watches: "crossed 50 upvotes (from 30 to 62)"
     snippet: tuple[Segment, ...]
     snippet_is_summary: bool  # HF's AI summary, rather than the abstract's opening
+
+
+# Every field of a card but its rank, which comes first.
+_AFTER_RANK = operator.attrgetter(*[each.name for each in dataclasses.fields(PaperCard)][1:])
 
 
 # -- building a digest -------------------------------------------------------------------------
@@ -650,6 +657,10 @@ def _tidied(text: str) -> _Tidied:
     return _Tidied(not lines[0], _tidy_lines(lines), not lines[-1])
 
 
+# The text before the cards: the digest's day, count and how many are shown, which many share.
+_tidied_head = lru_cache(maxsize=256)(_tidied)
+
+
 def _joined_tidy(stretches: Iterable[tuple[_Tidied, bool]]) -> tuple[tuple[str, bool], ...]:
     """_tidy_text of the stretches' texts joined, each of which ends its last line (but the last
     stretch may not), as (piece, shared) parts: the cores of the shared stretches are the very
@@ -703,16 +714,18 @@ class _CardParts:
         return made
 
     def unit(self, rank: int) -> tuple | None:
-        """The card's text at `rank` as _joined_tidy joins it into a digest's: (whether a blank
-        line comes before it, its parts, whether one comes after it), worked out once per rank.
-        None when a part of it is blank: then _joined_tidy joins it stretch by stretch."""
+        """The card's text at `rank` as _joined_tidy joins it into a digest's, worked out once
+        per rank: (whether a blank line comes before it; its first part, and that part after a
+        blank line; its second part; whether a blank line comes after it). None when a part of
+        it is blank: then _joined_tidy joins it stretch by stretch."""
         made = self.joined.get(rank, False)
         if made is False:
             ranked, rest = self.ranked(rank), self.text_rest
             made = None
             if ranked.core and rest.core:
-                between = (("\n", True),) if ranked.after or rest.before else ()
-                made = (ranked.before, ((ranked.core, True), *between, (rest.core, True)), rest.after)
+                between = "\n" if ranked.after or rest.before else ""
+                first, spaced = (ranked.core, True), ("\n" + ranked.core, True)
+                made = (ranked.before, first, spaced, (between + rest.core, True), rest.after)
             self.joined[rank] = made
         return made
 
@@ -751,7 +764,7 @@ def _card_parts(
 
 @lru_cache(maxsize=_CARDS_CACHED)
 def _rendered_card(environment: jinja2.Environment, card: PaperCard) -> _CardParts:
-    numbered = dataclasses.replace(card, rank=_RankMark(0))
+    numbered = PaperCard(_RankMark(0), *_AFTER_RANK(card))  # dataclasses.replace, but a third of the time
     text = _rendered(environment.get_template("card.txt.j2"), {"p": numbered})
     at = text.rfind(_RANK)
     cut = 0 if at < 0 else (text.find("\n", at) + 1 or len(text))
@@ -866,8 +879,8 @@ _KEPT: dict[tuple, _CardParts] = {}  # (environment, *card key) -> a card anothe
 def forget_cards() -> None:
     """Drop every card and page layout kept rendered (a benchmark of a cold start calls this)."""
     cards = (_card_of, _facts, _card_parts, _rendered_card, _marked_html, _marked_text)
-    kept = (_scanned, _segments_of, _authors_marked, _author_starts, _pattern, _layout_size, _wrapped)
-    for cache in (*cards, *kept):
+    pieces = (_scanned, _segments_of, _authors_marked, _author_starts, _pattern, _wrapped)
+    for cache in (*cards, *pieces, _layout_size, _tidied_head):
         cache.cache_clear()
     _LAYOUTS.clear()
     _PREPARED.clear()
@@ -905,12 +918,16 @@ def _finalize(context, value):
     values = _recording.get()
     if values is None:
         return value
-    if hasattr(value, "__html__"):
+    if value.__class__ is not str and hasattr(value, "__html__"):
         if value != _CARDS_HERE:
             values.append(_UNFILLABLE)  # markup made per digest: this frame is inlined whole
         return value  # the cards' place stays in the skeleton as it is
     values.append(value)
-    return f"\ue000{len(values) - 1}\ue001"
+    number = len(values) - 1
+    return _HOLES[number] if number < len(_HOLES) else f"\ue000{number}\ue001"
+
+
+_HOLES = tuple(f"\ue000{number}\ue001" for number in range(64))  # what _finalize prints: made once
 
 
 def _escaped(value: object, in_attribute: bool) -> str | None:
@@ -1119,7 +1136,9 @@ def render_digest(digest: Digest, environment: jinja2.Environment | None = None)
     # The cards of rank 0 that every digest shares: templates number them with loop.index.
     cards = [part.card for part in parts]
     subscriber = digest.subscriber
-    schedule = getattr(subscriber.schedule, "text", str(subscriber.schedule))
+    schedule = getattr(subscriber.schedule, "text", None)
+    if schedule is None:
+        schedule = str(subscriber.schedule)
     # In UTC: two local times an hour apart around a DST change can be equal datetimes.
     local = _local_moment(digest.generated_at.astimezone(UTC), subscriber.timezone)
 
@@ -1210,8 +1229,10 @@ def _text_parts(environment: jinja2.Environment, values: dict, parts: Sequence[_
         frame = _rendered(template, values, cards=_CARDS_TEXT_HERE)
         before, here, after = frame.partition(_CARDS_TEXT_HERE)
         if here and (not before or before.endswith("\n")) and _CARDS_TEXT_HERE not in after:
-            head, tail = _tidied(before), _tidied(after)
-            units = [part.unit(rank) for rank, part in enumerate(parts, 1)]
+            head, tail = _tidied_head(before), _tidied(after)
+            units = [part.joined.get(rank, False) for rank, part in enumerate(parts, 1)]
+            if False in units:  # a card not shown at its rank before
+                units = [part.unit(rank) for rank, part in enumerate(parts, 1)]
             if None not in units:
                 return _joined_units(head, units, tail)
             stretches = [(head, False)]
@@ -1225,17 +1246,21 @@ def _text_parts(environment: jinja2.Environment, values: dict, parts: Sequence[_
 
 def _joined_units(head: _Tidied, units: Sequence[tuple], tail: _Tidied) -> tuple[tuple[str, bool], ...]:
     """_joined_tidy of the frame's text before the cards, the cards (each as _CardParts.unit
-    has it joined already), and the frame's text after them."""
+    has it joined already), and the frame's text after them: the same text, shared the same
+    way, in fewer pieces (a blank line joins the shared piece after it)."""
     parts: list[tuple[str, bool]] = []
     pending = head.core  # the digest's own text, not yet in parts
     blank = head.after if pending else head.before
-    for before, card, after in units:
+    for before, first, spaced, second, after in units:
         if (blank or before) and (pending or parts):
-            parts.append((pending + "\n", False) if pending else ("\n", True))
+            if pending:
+                parts.append((pending + "\n", False))
+            else:
+                first = spaced  # the blank line starts the card's part, one piece fewer to encode
         elif pending:
             parts.append((pending, False))
         pending = ""
-        parts += card
+        parts += (first, second)
         blank = after
     if tail.core:
         pending += "\n" + tail.core if (blank or tail.before) and (pending or parts) else tail.core

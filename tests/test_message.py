@@ -229,6 +229,17 @@ def test_any_subscriber_name_reads_back_whole_in_short_lines(tmp_path, name):
     assert all(len(word) <= 75 for word in re.findall(rb"=\?utf-8\?b\?[^?]*\?=", b"".join(to_lines)))
 
 
+@pytest.mark.parametrize(
+    "name", ["Bob", "Bob Smith", "Dr. Bob", 'Bob "B" Smith', "Smith, Bob", "a\\b", "Bob (lab)"]
+)
+def test_a_short_ascii_name_is_written_as_the_stdlib_writes_it(name):
+    """The To header writes a plain name as it is and quotes one holding a special, as
+    email.utils.formataddr does (which paperbot skips where it may: it took 2 µs a digest)."""
+    from bot.message import _address
+
+    assert _address(name, "bob@example.org") == email.utils.formataddr((name, "bob@example.org"))
+
+
 def test_the_list_id_stays_readable_whatever_its_length():
     """RFC 2919: filters match the raw <id>; only its phrase may be encoded."""
     long_domain = "digests." + "very-long-department-name." * 2 + "example.org"
