@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 from bot.channels.email import SmtpSender
 from bot.config import load_settings
 from bot.deliver import DigestPlan, plan_digests
-from bot.message import MAX_LINE, MessageSettings
+from bot.message import MAX_LINE, MessageSettings, forget_encodings
 from bot.models import Paper, Subscriber
 from bot.pipeline import frozen_objects, import_files, make_digest, message_settings, render_plan, run_once
 from bot.render import forget_cards, prepare_cards, render_digest
@@ -223,11 +223,12 @@ def render_all(
 ) -> tuple[list[bytes], float, float]:
     """Each planned digest rendered to the bytes of its email by bot.pipeline.render_plan, as run_once
     does (signed links, render_digest, the message); with the wall and CPU seconds taken. Cold: no
-    card rendered yet, as at the start of each `paperbot run --once`. As in run_once, what exists
+    card rendered or encoded yet, as at the start of each `paperbot run --once`. As in run_once, what exists
     before rendering (the plans, their papers) is frozen out of the cycle collector's passes
     (bot.pipeline.frozen_objects)."""
     if cold:
         forget_cards()
+        forget_encodings()  # the cards' quoted-printable too: equal cards made again would find it
     with frozen_objects():
         clocks = Clocks()
         prepare_cards(m for p in plans for m in p.matches[: p.subscriber.max_papers])  # as run_once does
@@ -315,7 +316,8 @@ def whole_path(
     shutil.copyfile(template, ledger)
     with open_store(ledger) as store:
         sender = TimedSender(SmtpSender(host=HOST, port=port, sender=SENDER, security="none"))
-        forget_cards()  # cold, as a fresh `paperbot run --once`
+        forget_cards()  # cold, as a fresh `paperbot run --once` (and its helper, forked from here)
+        forget_encodings()
         started, cpu = time.perf_counter(), time.process_time()
         report = run_once(
             store,

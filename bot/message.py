@@ -49,6 +49,7 @@ __all__ = [
     "digest_links",
     "email_bytes",
     "email_data",
+    "forget_encodings",
     "message_id",
 ]
 
@@ -295,7 +296,10 @@ def _add_text_part(encoded: list[bytes], subtype: str, parts: tuple[tuple[str, b
     shared = True
     for piece, piece_shared in parts:
         if not run and piece.endswith("\n"):  # whole lines on their own: most pieces
-            add(from_cache(piece) if piece_shared else _encoded(piece))
+            if piece_shared:
+                add(from_cache(piece))
+            else:
+                add(_encoded_recent(piece) if len(piece) <= _RECENT_CHARS else _encoded(piece))
             continue
         if not piece:
             continue  # else it would join the shared piece after it, encoded anew in every digest
@@ -350,6 +354,20 @@ def _guarded(line: bytes) -> bytes:
 @lru_cache(maxsize=8192)
 def _encoded_shared(text: str) -> bytes:
     return _encoded(text)
+
+
+# A digest's own short lines (its heading, its subject in <title>, the text's first lines) are
+# mostly those of other digests of the day, with the same count: kept by their text a while.
+# Longer ones (the footer with the address and links) are each digest's alone.
+_RECENT_CHARS = 256
+_encoded_recent = lru_cache(maxsize=1024)(_encoded)
+
+
+def forget_encodings() -> None:
+    """Drop every piece kept encoded and every header kept made, as in a fresh process (a
+    benchmark of a cold start calls this, with bot.render.forget_cards)."""
+    for cache in (_encoded_shared, _encoded_recent, _text, _date_header, _run_headers):
+        cache.cache_clear()
 
 
 def _check_lines(data: bytes) -> None:
