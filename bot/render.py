@@ -399,7 +399,7 @@ def _card_of(paper: Paper, watches: tuple[str, ...], hits: tuple, reasons: tuple
     """The card of rank 0 for a paper, matched by `watches` on `hits`: the same for every subscriber."""
     facts = _facts(paper)
     title = _segments(paper.title, [(h.start, h.end) for h in hits if h.field == "title"])
-    snippet = _segments(facts.snippet, _find_again(facts.snippet, _patterns(hits)))
+    snippet = _snippet_marked(facts.snippet, tuple(_patterns(hits)))
     return PaperCard(
         rank=0,
         title=title,
@@ -417,6 +417,11 @@ def _card_of(paper: Paper, watches: tuple[str, ...], hits: tuple, reasons: tuple
         snippet=snippet,
         snippet_is_summary=facts.snippet_is_summary,
     )
+
+
+@lru_cache(maxsize=_CARDS_CACHED)  # cards of one paper often look for the same words in it
+def _snippet_marked(snippet: str, patterns: tuple) -> tuple[Segment, ...]:
+    return _segments(snippet, _find_again(snippet, patterns))
 
 
 @dataclass(frozen=True, slots=True)
@@ -879,7 +884,7 @@ _KEPT: dict[tuple, _CardParts] = {}  # (environment, *card key) -> a card anothe
 def forget_cards() -> None:
     """Drop every card and page layout kept rendered (a benchmark of a cold start calls this)."""
     cards = (_card_of, _facts, _card_parts, _rendered_card, _marked_html, _marked_text)
-    pieces = (_scanned, _segments_of, _authors_marked, _author_starts, _pattern, _wrapped)
+    pieces = (_scanned, _segments_of, _snippet_marked, _authors_marked, _author_starts, _pattern, _wrapped)
     for cache in (*cards, *pieces, _layout_size, _tidied_head):
         cache.cache_clear()
     _LAYOUTS.clear()
