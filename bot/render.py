@@ -1235,9 +1235,7 @@ def _text_parts(environment: jinja2.Environment, values: dict, parts: Sequence[_
         before, here, after = frame.partition(_CARDS_TEXT_HERE)
         if here and (not before or before.endswith("\n")) and _CARDS_TEXT_HERE not in after:
             head, tail = _tidied_head(before), _tidied(after)
-            units = [part.joined.get(rank, False) for rank, part in enumerate(parts, 1)]
-            if False in units:  # a card not shown at its rank before
-                units = [part.unit(rank) for rank, part in enumerate(parts, 1)]
+            units = [part.joined.get(rank) or part.unit(rank) for rank, part in enumerate(parts, 1)]
             if None not in units:
                 return _joined_units(head, units, tail)
             stretches = [(head, False)]
