@@ -364,10 +364,10 @@ def _authors_marked(authors: tuple[str, ...], spans: tuple[tuple[int, int], ...]
 
 
 @lru_cache(maxsize=_CARDS_CACHED)
-def _author_starts(authors: tuple[str, ...]) -> list[int]:
+def _author_starts(authors: tuple[str, ...]) -> tuple[int, ...]:
     """Where each name starts in the authors joined by "; ", which author hits index
     (bot.query.PaperText.texts["author"]): once per paper, however many cards show it."""
-    return list(accumulate((len(name) + 2 for name in authors[:-1]), initial=0))
+    return tuple(accumulate((len(name) + 2 for name in authors[:-1]), initial=0))
 
 
 def _organization(paper: Paper, hits: Iterable) -> tuple[Segment, ...]:
@@ -796,8 +796,8 @@ _layout_size = lru_cache(maxsize=1024)(_html_size)
 
 
 def _card_html(environment: jinja2.Environment, card: PaperCard) -> str:
-    """One card's HTML with its CSS inlined: rendered and inlined once, in a page with the
-    digest's style sheet (no rule of which depends on what is around a card), alone or with
+    """One card's HTML with its CSS inlined: rendered and inlined once, as a fragment beside
+    the digest's style sheet (no rule of which depends on what is around a card), alone or with
     the other cards `prepare_cards` makes at once. The HTML shows no rank: pass the card of
     rank 0, which every digest showing it shares."""
     made = _PREPARED.get((environment, card))
