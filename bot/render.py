@@ -14,8 +14,8 @@ inlines the CSS for mail clients that drop <style>, and keeps the HTML under
 
 It is fast because most of a digest is shared: a paper shown with the same watches and the
 same highlights looks the same in every subscriber's digest. Each such card is rendered
-(`card.html.j2`, `card.txt.j2`) and CSS-inlined once, with the same style sheet (many
-cards at once when a run prepares them), and kept (an LRU cache); a digest renders only its
+(`card.html.j2`, `card.txt.j2`) and CSS-inlined once, in a page with the same style sheet
+(many cards at once when a run prepares them), and kept (an LRU cache); a digest renders only its
 frame (`digest.html.j2`: header, footer, links), fills its values into the frame's layout,
 inlined once, and puts its cards in. The result is the same, byte for byte, as inlining the
 whole page (a test checks it on real digests). What recurs within cards (a highlighted
@@ -796,8 +796,8 @@ _layout_size = lru_cache(maxsize=1024)(_html_size)
 
 
 def _card_html(environment: jinja2.Environment, card: PaperCard) -> str:
-    """One card's HTML with its CSS inlined: rendered and inlined once, as a fragment beside
-    the digest's style sheet (no rule of which depends on what is around a card), alone or with
+    """One card's HTML with its CSS inlined: rendered and inlined once, in a page with the
+    digest's style sheet (no rule of which depends on what is around a card), alone or with
     the other cards `prepare_cards` makes at once. The HTML shows no rank: pass the card of
     rank 0, which every digest showing it shares."""
     made = _PREPARED.get((environment, card))
@@ -808,9 +808,13 @@ def _inlined_cards(environment: jinja2.Environment, cards: Sequence[PaperCard]) 
     css = environment.get_template("digest.css.j2").render()
     template = environment.get_template("card.html.j2")
     rows = "".join(f"{_CARD_START}{_rendered(template, {'p': card})}{_CARD_END}" for card in cards)
-    # A fragment with the style sheet beside it: the same as a whole page with it in <style>,
-    # and a tenth quicker.
-    inlined = _inliner().inline_fragment(f"<table><tbody>{rows}</tbody></table>", css)
+    # In a whole page, as in a digest: a rule on body or html applies to cards too (inline_fragment,
+    # a tenth quicker, would leave it out).
+    page = (
+        f"<!DOCTYPE html><html><head><style>{css}</style></head><body>"
+        f"<table><tbody>{rows}</tbody></table></body></html>"
+    )
+    inlined = _inliner().inline(page)
     made = [piece.split(_CARD_END, 1)[0] for piece in inlined.split(_CARD_START)[1:]]
     if len(made) != len(cards):
         raise RuntimeError("card.html.j2 must make table rows: its cards could not be found again")

@@ -231,6 +231,32 @@ def test_the_text_made_of_tidied_cards_is_the_text_tidied_whole(tmp_path, edit, 
     assert digest.total > 5 and expected in text
 
 
+def test_a_style_sheet_that_prints_values_and_styles_through_the_page_reads_as_inlining_it_whole(tmp_path):
+    """digest.css.j2 as someone may edit it: printing a value it sets, and styling cards through
+    body and html. Each card, inlined once, and each frame, filled from its layout, must read as
+    inlining every page whole (no hole of the frame's layout left in the style sheet)."""
+    import shutil
+
+    folder = tmp_path / "templates"
+    shutil.copytree(templates_dir(), folder)
+    css = folder / "digest.css.j2"
+    added = (
+        '{% set accent = "#0969da" %}\n.brand{color:{{ accent }}}\n'
+        "body .ta{color:#ff0000}\nhtml .tag{color:#00aa00}\n"
+    )
+    css.write_text(css.read_text(encoding="utf-8") + added, encoding="utf-8")
+    environment = make_environment(folder)
+    watches = '[[watch]]\nname = "models"\nquery = "model* OR agent*"\n'
+    bob = subscriber_with(tmp_path, watches, max_papers=5)
+    papers = capture_papers()
+    for size in (0, 1, len(papers)):
+        digest = digest_of(bob, papers[:size])
+        html = render_digest(digest, environment).html
+        assert html == inlined_whole(digest, environment)
+    assert "color:#0969da" in html and "color:#ff0000" in html and "color:#00aa00" in html
+    assert "\ue000" not in html
+
+
 def test_cards_joined_whole_read_as_joined_stretch_by_stretch():
     """A digest's text joins each card as one unit (_CardParts.unit, worked out once per rank):
     for every way blank lines may stand around and inside cards and around the frame's text,
