@@ -212,45 +212,46 @@ def test_the_text_made_of_tidied_cards_is_the_text_tidied_whole(tmp_path, edit, 
     """The plain text is tidied per card once, and per digest only around the cards: it must
     read as tidying the whole text would, for the templates as shipped and as someone may edit
     them (a template that transforms or misplaces the cards is rendered and tidied whole)."""
+    frame, card = (templates_dir() / name for name in ("digest.txt.j2", "card.txt.j2"))
+    edited = edit(frame.read_text(encoding="utf-8"), card.read_text(encoding="utf-8"))
+    environment = edited_environment(tmp_path, {"digest.txt.j2": edited[0], "card.txt.j2": edited[1]})
+    for digest in models_digests(tmp_path):
+        text = render_digest(digest, environment).text
+        assert text == text_whole(digest, environment)
+    assert digest.total > 5 and expected in text
+
+
+def edited_environment(tmp_path, texts: dict[str, str]) -> jinja2.Environment:
+    """An environment of the shipped templates, copied, with those named in `texts` replaced."""
     import shutil
 
     folder = tmp_path / "templates"
     shutil.copytree(templates_dir(), folder)
-    frame, card = folder / "digest.txt.j2", folder / "card.txt.j2"
-    edited = edit(frame.read_text(encoding="utf-8"), card.read_text(encoding="utf-8"))
-    frame.write_text(edited[0], encoding="utf-8")
-    card.write_text(edited[1], encoding="utf-8")
-    environment = make_environment(folder)
+    for name, text in texts.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return make_environment(folder)
+
+
+def models_digests(tmp_path) -> list:
+    """Bob's digests (a watch on models and agents, 5 papers at most) of no captured paper, of
+    one, and of them all ("and N more")."""
     watches = '[[watch]]\nname = "models"\nquery = "model* OR agent*"\n'
     bob = subscriber_with(tmp_path, watches, max_papers=5)
     papers = capture_papers()
-    for size in (0, 1, len(papers)):
-        digest = digest_of(bob, papers[:size])
-        text = render_digest(digest, environment).text
-        assert text == text_whole(digest, environment)
-    assert digest.total > 5 and expected in text
+    return [digest_of(bob, papers[:size]) for size in (0, 1, len(papers))]
 
 
 def test_a_style_sheet_that_prints_values_and_styles_through_the_page_reads_as_inlining_it_whole(tmp_path):
     """digest.css.j2 as someone may edit it: printing a value it sets, and styling cards through
     body and html. Each card, inlined once, and each frame, filled from its layout, must read as
     inlining every page whole (no hole of the frame's layout left in the style sheet)."""
-    import shutil
-
-    folder = tmp_path / "templates"
-    shutil.copytree(templates_dir(), folder)
-    css = folder / "digest.css.j2"
     added = (
         '{% set accent = "#0969da" %}\n.brand{color:{{ accent }}}\n'
         "body .ta{color:#ff0000}\nhtml .tag{color:#00aa00}\n"
     )
-    css.write_text(css.read_text(encoding="utf-8") + added, encoding="utf-8")
-    environment = make_environment(folder)
-    watches = '[[watch]]\nname = "models"\nquery = "model* OR agent*"\n'
-    bob = subscriber_with(tmp_path, watches, max_papers=5)
-    papers = capture_papers()
-    for size in (0, 1, len(papers)):
-        digest = digest_of(bob, papers[:size])
+    css = (templates_dir() / "digest.css.j2").read_text(encoding="utf-8") + added
+    environment = edited_environment(tmp_path, {"digest.css.j2": css})
+    for digest in models_digests(tmp_path):
         html = render_digest(digest, environment).html
         assert html == inlined_whole(digest, environment)
     assert "color:#0969da" in html and "color:#ff0000" in html and "color:#00aa00" in html
