@@ -648,7 +648,7 @@ def _tidy_lines(lines: list[str]) -> str:
 class _Tidied:
     """Whole lines of a digest's text as _tidy_text leaves them: from the first line that holds
     anything to the last (`core`, "" if none does), and whether blank lines came before and
-    after it. Tidying a text made of such stretches is tidying each (see _joined_tidy)."""
+    after it. Tidying a text made of such stretches is tidying each (see _joined_units)."""
 
     before: bool
     core: str
@@ -666,32 +666,6 @@ def _tidied(text: str) -> _Tidied:
 _tidied_head = lru_cache(maxsize=256)(_tidied)
 
 
-def _joined_tidy(stretches: Iterable[tuple[_Tidied, bool]]) -> tuple[tuple[str, bool], ...]:
-    """_tidy_text of the stretches' texts joined, each of which ends its last line (but the last
-    stretch may not), as (piece, shared) parts: the cores of the shared stretches are the very
-    strings every digest holds; the rest, made per digest, joined between them."""
-    parts: list[tuple[str, bool]] = []
-    run: list[str] = []
-    blank = False
-    for tidied, shared in stretches:
-        blank = blank or tidied.before
-        if not tidied.core:
-            continue
-        if blank and (run or parts):
-            run.append("\n")  # one blank line where any number were
-        if shared:
-            if run:
-                parts.append(("\n", True) if run == ["\n"] else ("".join(run), False))
-                run = []
-            parts.append((tidied.core, True))
-        else:
-            run.append(tidied.core)
-        blank = tidied.after
-    if run:
-        parts.append(("".join(run), False))
-    return tuple(parts) if parts else (("\n", False),)
-
-
 # -- cards: rendered once, shared by every digest that shows them -------------------------------
 
 
@@ -707,30 +681,32 @@ class _CardParts:
     text_ranked: _Tidied  # from the start to the end of the last line holding the rank
     text_rest: _Tidied
     text_whole: bool  # the text ends its last line: digests join it tidied (else tidy it whole)
-    numbered: dict[int, _Tidied] = field(default_factory=dict, compare=False, repr=False)  # see ranked
-    joined: dict[int, tuple | None] = field(default_factory=dict, compare=False, repr=False)  # see unit
+    joined: dict[int, tuple] = field(default_factory=dict, compare=False, repr=False)  # see unit
 
-    def ranked(self, rank: int) -> _Tidied:
-        """text_ranked numbered `rank`: the very string in every digest that shows the card at
-        that rank, so that the mail encodes it once (see bot.message._add_text_part)."""
-        made = self.numbered.get(rank)
+    def unit(self, rank: int) -> tuple:
+        """The card's text at `rank` as a digest's tidied text holds it, worked out once per rank
+        (see _joined_units): (whether a blank line comes before it; its first shared piece, that
+        piece after a blank line, its other pieces; whether a blank line comes after it). The
+        first piece is None when the card's text is blank: its blank lines join those around.
+        Each piece is the very string in every digest that shows the card at that rank, so that
+        the mail encodes it once (see bot.message._add_text_part)."""
+        made = self.joined.get(rank)
         if made is None:
-            made = self.numbered[rank] = _numbered(self.text_ranked, rank)
-        return made
-
-    def unit(self, rank: int) -> tuple | None:
-        """The card's text at `rank` as _joined_tidy joins it into a digest's, worked out once
-        per rank: (whether a blank line comes before it; its first part, and that part after a
-        blank line; its second part; whether a blank line comes after it). None when a part of
-        it is blank: then _joined_tidy joins it stretch by stretch."""
-        made = self.joined.get(rank, False)
-        if made is False:
-            ranked, rest = self.ranked(rank), self.text_rest
-            made = None
-            if ranked.core and rest.core:
-                between = "\n" if ranked.after or rest.before else ""
-                first, spaced = (ranked.core, True), ("\n" + ranked.core, True)
-                made = (ranked.before, first, spaced, (between + rest.core, True), rest.after)
+            cores: list[str] = []
+            before = blank = False
+            for stretch in (_numbered(self.text_ranked, rank), self.text_rest):
+                if cores:
+                    blank = blank or stretch.before
+                else:
+                    before = before or stretch.before
+                if stretch.core:
+                    cores.append(("\n" if cores and blank else "") + stretch.core)
+                    blank = stretch.after
+            if cores:
+                rest = tuple((core, True) for core in cores[1:])
+                made = (before, (cores[0], True), ("\n" + cores[0], True), rest, blank)
+            else:
+                made = (before, None, None, (), False)
             self.joined[rank] = made
         return made
 
@@ -1231,34 +1207,32 @@ def _numbered(ranked: _Tidied, rank: int) -> _Tidied:
 def _text_parts(environment: jinja2.Environment, values: dict, parts: Sequence[_CardParts]) -> tuple:
     """The plain text (digest.txt.j2 with the cards' text in place, tidied) in (piece, shared)
     parts: the frame is tidied, the cards were when they were made, and where they meet is
-    joined as tidying the whole would (see _joined_tidy). A template whose cards do not stand
+    joined as tidying the whole would (see _joined_units). A template whose cards do not stand
     on lines of their own is rendered and tidied whole."""
     template = environment.get_template("digest.txt.j2")
     if _prints_cards_as_they_are(environment) and all(part.text_whole for part in parts):
         frame = _rendered(template, values, cards=_CARDS_TEXT_HERE)
         before, here, after = frame.partition(_CARDS_TEXT_HERE)
         if here and (not before or before.endswith("\n")) and _CARDS_TEXT_HERE not in after:
-            head, tail = _tidied_head(before), _tidied(after)
             units = [part.joined.get(rank) or part.unit(rank) for rank, part in enumerate(parts, 1)]
-            if None not in units:
-                return _joined_units(head, units, tail)
-            stretches = [(head, False)]
-            for rank, part in enumerate(parts, 1):
-                stretches += ((part.ranked(rank), True), (part.text_rest, True))
-            stretches.append((tail, False))
-            return _joined_tidy(stretches)
+            return _joined_units(_tidied_head(before), units, _tidied(after))
     cards = "".join(part.text.replace(_RANK, str(rank)) for rank, part in enumerate(parts, 1))
     return ((_tidy_text(_rendered(template, values, cards=cards)), False),)
 
 
 def _joined_units(head: _Tidied, units: Sequence[tuple], tail: _Tidied) -> tuple[tuple[str, bool], ...]:
-    """_joined_tidy of the frame's text before the cards, the cards (each as _CardParts.unit
-    has it joined already), and the frame's text after them: the same text, shared the same
-    way, in fewer pieces (a blank line joins the shared piece after it)."""
+    """The text of the frame before the cards, the cards (each as _CardParts.unit has it), and
+    the frame after them, joined as tidying the whole would join it (one blank line where any
+    number were, none at the start or end), in (piece, shared) parts: the cards' pieces are the
+    very strings every digest showing them holds (a blank line before one joins it); the
+    frame's text, made per digest, is joined between them."""
     parts: list[tuple[str, bool]] = []
     pending = head.core  # the digest's own text, not yet in parts
     blank = head.after if pending else head.before
-    for before, first, spaced, second, after in units:
+    for before, first, spaced, rest, after in units:
+        if first is None:  # a card whose text is blank: its blank lines join those around it
+            blank = blank or before
+            continue
         if (blank or before) and (pending or parts):
             if pending:
                 parts.append((pending + "\n", False))
@@ -1267,7 +1241,8 @@ def _joined_units(head: _Tidied, units: Sequence[tuple], tail: _Tidied) -> tuple
         elif pending:
             parts.append((pending, False))
         pending = ""
-        parts += (first, second)
+        parts.append(first)
+        parts += rest
         blank = after
     if tail.core:
         pending += "\n" + tail.core if (blank or tail.before) and (pending or parts) else tail.core

@@ -258,20 +258,45 @@ def test_a_style_sheet_that_prints_values_and_styles_through_the_page_reads_as_i
     assert "\ue000" not in html
 
 
+def joined_stretch_by_stretch(stretches) -> tuple:
+    """What tidying the texts of (stretch, shared) joined gives, as (piece, shared) parts: one
+    blank line where any number were, none at the start or end; each shared stretch's lines one
+    piece, the rest joined between them. The reference _joined_units is held to."""
+    parts: list = []
+    run: list[str] = []
+    blank = False
+    for tidied, shared in stretches:
+        blank = blank or tidied.before
+        if not tidied.core:
+            continue
+        if blank and (run or parts):
+            run.append("\n")  # one blank line where any number were
+        if shared:
+            if run:
+                parts.append(("\n", True) if run == ["\n"] else ("".join(run), False))
+                run = []
+            parts.append((tidied.core, True))
+        else:
+            run.append(tidied.core)
+        blank = tidied.after
+    if run:
+        parts.append(("".join(run), False))
+    return tuple(parts) if parts else (("\n", False),)
+
+
 def test_cards_joined_whole_read_as_joined_stretch_by_stretch():
     """A digest's text joins each card as one unit (_CardParts.unit, worked out once per rank):
     for every way blank lines may stand around and inside cards and around the frame's text,
-    the text, and which of it is shared, are those of joining the card's two stretches one by
-    one (_joined_tidy); in at most two pieces a card."""
+    and cards whose lines before or after their rank are blank, the text, and which of it is
+    shared, are those of joining the card's two stretches one by one; in at most two pieces a card."""
     import itertools
     import random
 
-    from bot.render import _joined_tidy, _joined_units, _Tidied
+    from bot.render import _CardParts, _joined_units, _Tidied
 
-    def unit(ranked: _Tidied, rest: _Tidied) -> tuple:
-        between = "\n" if ranked.after or rest.before else ""
-        first, spaced = (ranked.core, True), ("\n" + ranked.core, True)
-        return (ranked.before, first, spaced, (between + rest.core, True), rest.after)
+    def unit(ranked: _Tidied, rest: _Tidied, rank: int) -> tuple:
+        card = _CardParts(None, "", 0, "", ranked, rest, True)  # only its text is joined
+        return card.unit(rank)
 
     def pieces(parts: tuple) -> list:
         """The text of each run of pieces that are shared, or not: what a mail encodes once or anew."""
@@ -281,20 +306,18 @@ def test_cards_joined_whole_read_as_joined_stretch_by_stretch():
     flags = list(itertools.product((False, True), repeat=2))
     frames = [_Tidied(before, core, after) for before, after in flags for core in ("", "paperbot\n")]
     chooser = random.Random(4)
+
+    def stretch(core: str) -> _Tidied:  # a card's part, blank one time in five
+        return _Tidied(chooser.random() < 0.5, "" if chooser.random() < 0.2 else core, chooser.random() < 0.5)
+
     checked = 0
     for head, tail in itertools.product(frames, repeat=2):
         for count in range(4):
             for _ in range(8):
-                cards = [
-                    (
-                        _Tidied(*chooser.choice(flags)[:1], f"{n}. Title\n", chooser.random() < 0.5),
-                        _Tidied(chooser.random() < 0.5, "   https://hf.co/\n", chooser.random() < 0.5),
-                    )
-                    for n in range(count)
-                ]
+                cards = [(stretch(f"{n}. Title\n"), stretch("   https://hf.co/\n")) for n in range(count)]
                 stretches = [(head, False)] + [(t, True) for card in cards for t in card] + [(tail, False)]
-                joined = _joined_units(head, [unit(*card) for card in cards], tail)
-                assert pieces(joined) == pieces(_joined_tidy(stretches)), (head, cards, tail)
+                joined = _joined_units(head, [unit(*card, n) for n, card in enumerate(cards, 1)], tail)
+                assert pieces(joined) == pieces(joined_stretch_by_stretch(stretches)), (head, cards, tail)
                 assert len(joined) <= 2 + 2 * count
                 checked += 1
     assert checked == len(frames) ** 2 * 4 * 8
