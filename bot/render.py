@@ -862,7 +862,8 @@ _KEPT: dict[tuple, _CardParts] = {}  # (environment, *card key) -> a card anothe
 
 
 def forget_cards() -> None:
-    """Drop every card and page layout kept rendered (a benchmark of a cold start calls this)."""
+    """Drop every card and page layout kept rendered (a benchmark of a cold start calls this;
+    a test holds it, with bot.message.forget_encodings, to every cache rendering fills)."""
     cards = (_card_of, _facts, _card_parts, _rendered_card, _marked_html, _marked_text)
     pieces = (_scanned, _segments_of, _snippet_marked, _authors_marked, _author_starts, _pattern, _wrapped)
     for cache in (*cards, *pieces, _layout_size, _tidied_head):

@@ -275,6 +275,73 @@ def test_an_email_encoded_piece_by_piece_is_the_email_encoded_whole(tmp_path):
         assert email_data(digest, rendered, SETTINGS) == email_data(digest, whole, SETTINGS)
 
 
+# Kept for a process's life whatever it renders: its template environments, the CSS inliner, what
+# it has read of its templates, the run's From and each time zone's local time of the run. Every
+# other cache or table that rendering a digest fills holds work a fresh run does again.
+_SETUP_CACHES = {
+    "bot.render": {
+        "_default_environment",
+        "_recording_environment",
+        "_globals_of",
+        "_inliner",
+        "_fillable",
+        "_prints_cards_as_they_are",
+        "_local_moment",
+    },
+    "bot.message": {"_parsed"},
+}
+
+
+def test_a_cold_start_forgets_all_that_rendering_keeps(tmp_path):
+    """bench/render_send.py starts each run cold, as a fresh `paperbot run --once`: no card made,
+    no piece encoded. It calls bot.render.forget_cards and bot.message.forget_encodings, which
+    name what they clear one by one: a cache added later and left out of them would survive into
+    the next run and flatter the figures. Every cache and table that rendering and encoding
+    digests fill must be empty after those two calls, but the setup caches named above."""
+    import functools
+
+    import bot.message
+    import bot.render
+
+    modules = {module.__name__: module for module in (bot.render, bot.message)}
+    bot.render.forget_cards()
+    bot.message.forget_encodings()
+    tables = {
+        (module_name, name): len(value)
+        for module_name, module in modules.items()
+        for name, value in vars(module).items()
+        if value.__class__ is dict
+    }
+    reader = bob(tmp_path, max_papers=50)
+    found = match_papers(papers(), WatchIndex([reader]))
+    keys = [bot.render.card_key(match) for match in found[:3]]
+    bot.render.keep_cards(keys, bot.render.made_cards(keys))  # as a run's helper takes cards
+    bot.render.prepare_cards(found)  # as a run makes its cards, many to a page
+    for digest in (alice_digest(), digest_for(reader, found[:3]), digest_for(reader, found)):
+        email_data(digest, render_digest(digest), SETTINGS)
+
+    def filled() -> set[tuple[str, str]]:
+        caches = {
+            (module_name, name)
+            for module_name, module in modules.items()
+            for name, value in vars(module).items()
+            if isinstance(value, functools._lru_cache_wrapper) and value.cache_info().currsize
+        }
+        grown = {
+            (module, name)
+            for module, name in tables
+            if len(getattr(modules[module], name)) > tables[module, name]
+        }
+        return caches | grown
+
+    kept = {key for key in filled() if key[1] not in _SETUP_CACHES[key[0]]}
+    assert {("bot.render", name) for name in ("_card_parts", "_LAYOUTS", "_PREPARED", "_KEPT")} <= kept
+    assert ("bot.message", "_encoded_shared") in kept
+    bot.render.forget_cards()
+    bot.message.forget_encodings()
+    assert {key for key in filled() if key[1] not in _SETUP_CACHES[key[0]]} == set()
+
+
 @pytest.mark.parametrize(
     "lines",
     [
