@@ -328,13 +328,15 @@ def reserve_digest(
     compose: Compose,
     now: datetime,
     rendered: tuple[bytes, str, str] | None = None,
+    packed: bytes | None = None,
 ) -> Delivery:
     """Put a planned digest in the ledger with its papers, then its rendered message.
     `rendered`: what `compose` gives for the papers the plan shows, made already (by a helper
     process): stored with the papers when the ledger reserves them all, and the delivery
-    returned then holds those very bytes; else `compose` renders what the ledger reserved."""
+    returned then holds those very bytes; else `compose` renders what the ledger reserved.
+    `packed`: those bytes as the helper packed them (see Store.reserve_delivery)."""
     shown = plan.matches[: plan.subscriber.max_papers]
-    delivery = _reserve(store, plan, [m.paper.id for m in shown], now, rendered)
+    delivery = _reserve(store, plan, [m.paper.id for m in shown], now, rendered, packed)
     if delivery.state != "new":
         return delivery  # stored with `rendered`, or another process made it first
     # Render exactly the papers the ledger reserved (a racing digest may have taken some).
@@ -402,10 +404,11 @@ def _reserve(
     paper_ids: list[str],
     now: datetime,
     message: tuple[bytes, str, str] | None = None,
+    packed: bytes | None = None,
 ) -> Delivery:
     """The ledger row of a planned digest, with `paper_ids` reserved (or the row already there),
-    and `message` if it is for all of them (see Store.reserve_delivery). An email's recipient
-    is kept as it is sent to (a webhook's URL stays a ${VAR}: a secret)."""
+    and `message` (`packed` already, maybe) if it is for all of them (see Store.reserve_delivery).
+    An email's recipient is kept as it is sent to (a webhook's URL stays a ${VAR}: a secret)."""
     email = plan.channel.kind == "email"
     return store.reserve_delivery(
         subscriber_id=plan.subscriber.id,
@@ -418,6 +421,7 @@ def _reserve(
         window_end=plan.window_end,
         now=now,
         message=message,
+        packed=packed,
     )
 
 

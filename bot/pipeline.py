@@ -59,7 +59,7 @@ from bot.match import Match, WatchIndex, match_papers
 from bot.message import MessageSettings, digest_links, email_data, message_id
 from bot.models import Digest, FetchResult, Subscriber
 from bot.render import CardKey, RenderedDigest, card_key, keep_cards, made_cards, prepare_cards, render_digest
-from bot.store import Delivery, SaveStats, Store
+from bot.store import Delivery, SaveStats, Store, pack_message, unpack_message
 from bot.transport import HttpClient
 
 __all__ = [
@@ -603,7 +603,8 @@ def _make_one(
             compose(plan, shown, len(plan.matches))
         else:
             rendered = ready.message_of(plan) if ready is not None else None
-            delivery = reserve_digest(store, plan, compose, clock(), rendered)
+            packed = ready.packed if rendered is not None else None
+            delivery = reserve_digest(store, plan, compose, clock(), rendered, packed)
             if rendered is not None and delivery.message is rendered[0]:  # stored with its papers
                 made.append(Made(plan, ready.subject, ready.shown))
             if stored is not None and delivery.state == "pending" and delivery.message is not None:
@@ -631,11 +632,13 @@ def _make_one(
 
 @dataclass(frozen=True, slots=True)
 class _Ready:
-    """A digest's message made by the helper: good for exactly these papers and this total."""
+    """A digest's message made by the helper: good for exactly these papers and this total.
+    Packed as the ledger stores it (bot.store.pack_message): the helper hands over a fifth of
+    the bytes, and the run stores them as they are, unpacking them only to send."""
 
     paper_ids: tuple[str, ...]
     total: int
-    data: bytes
+    packed: bytes
     identity: str
     subject: str
     shown: int
@@ -647,7 +650,7 @@ class _Ready:
     def message_of(self, plan: DigestPlan) -> tuple[bytes, str, str] | None:
         """(bytes, message id, subject) for the ledger, if made for what `plan` shows."""
         if self.fits(plan.matches[: plan.subscriber.max_papers], len(plan.matches)):
-            return self.data, self.identity, self.subject
+            return unpack_message(self.packed), self.identity, self.subject
         return None
 
 
@@ -816,7 +819,12 @@ def _render_batch(start: int, stop: int) -> list[_Ready | None]:
             continue
         ready.append(
             _Ready(
-                tuple(m.paper.id for m in shown), len(plan.matches), data, identity, made.subject, made.shown
+                tuple(m.paper.id for m in shown),
+                len(plan.matches),
+                pack_message(data),
+                identity,
+                made.subject,
+                made.shown,
             )
         )
     return ready
@@ -857,7 +865,7 @@ def _composer(mail: MessageSettings, made: list[Made], ready: _Ready | None = No
     def compose(plan: DigestPlan, shown: tuple, total: int) -> tuple[bytes, str, str]:
         if ready is not None and ready.fits(shown, total):
             made.append(Made(plan, ready.subject, ready.shown))
-            return ready.data, ready.identity, ready.subject
+            return unpack_message(ready.packed), ready.identity, ready.subject
         data, identity, summary = render_message(plan, shown, total, mail)
         made.append(summary)
         return data, identity, summary.subject

@@ -25,10 +25,16 @@ LEDGER_T0 = datetime(2026, 6, 12, 8, 0, tzinfo=UTC)  # when the ledger tests' di
 
 
 def reserve_row(
-    store, sid="alice", period="2026-06-12", papers=("2606.1", "2606.2"), channel="email", message=None
+    store,
+    sid="alice",
+    period="2026-06-12",
+    papers=("2606.1", "2606.2"),
+    channel="email",
+    message=None,
+    packed=None,
 ):
     """The ledger row of a digest, its papers reserved (as reserve_delivery returns it): no message
-    yet, or `message` (bytes, message id, subject) stored with them."""
+    yet, or `message` (bytes, message id, subject) stored with them (`packed` already, maybe)."""
     return store.reserve_delivery(
         subscriber_id=sid,
         channel=channel,
@@ -40,6 +46,7 @@ def reserve_row(
         window_end=LEDGER_T0,
         now=LEDGER_T0,
         message=message,
+        packed=packed,
     )
 
 

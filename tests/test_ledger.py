@@ -67,6 +67,22 @@ def test_a_message_is_stored_packed_and_read_back_byte_for_byte(ledger):
     assert stored == [(stored[0][0], "zstd")] * 2 and stored[0][0] < len(digest) / 5
 
 
+def test_a_message_packed_by_the_process_that_rendered_it_is_stored_as_it_is(ledger):
+    """A big run's helper packs what it renders (pack_message) and the run stores those bytes
+    without packing them again; the ledger reads back the message, and so does unpack_message."""
+    from bot.store import pack_message, unpack_message
+
+    digest = MESSAGE + b"".join(b"<p>card %d</p>\r\n" % n for n in range(300))
+    packed = pack_message(digest)
+    assert len(packed) < len(digest) / 5 and unpack_message(packed) == digest
+    whole = reserve_row(ledger, papers=["a"], message=(digest, "<a@x>", "s"), packed=packed)
+    assert whole.state == "pending" and whole.message is digest
+    (kept,) = ledger.db.execute("select message from delivery_bodies").fetchone()
+    assert kept == packed and ledger.stored_message(whole.id) == digest
+    with pytest.raises(StoreError, match="the database is damaged"):
+        unpack_message(packed[:-9] + bytes(9))
+
+
 def test_a_message_stored_unpacked_by_an_older_paperbot_is_read_as_it_is(ledger):
     delivery = reserve(ledger)
     ledger.db.execute(

@@ -551,6 +551,13 @@ def test_a_big_run_renders_in_a_helper_process_the_very_mail_it_renders_alone(tm
         assert ours.read_bytes() == theirs.read_bytes(), ours.name
     with open_store(tmp_path / "helped.db") as store:
         (raced,) = store.find_delivery("p0", "email", "racer").paper_ids
+        # The helper hands its messages over packed as the ledger stores them: what a retry
+        # would read back is what went.
+        rows = store.db.execute(
+            "select id, subscriber_id from deliveries where state = 'sent' and period != 'racer'"
+        ).fetchall()
+        stored = {who: store.stored_message(number) for number, who in rows}
+    assert stored == {path.name.split("-")[3]: path.read_bytes() for path in its}
     html = parsed(its[0]).get_body(("html",)).get_content()
     assert its[0].name == "2026-06-12-p0-email.eml" and "<mark" in html and raced not in html
 
