@@ -42,7 +42,7 @@ from bot.errors import (
 from bot.match import Match, WatchIndex, match_papers
 from bot.models import Channel, Subscriber
 from bot.schedule import Period, due_period
-from bot.store import Delivery, Store
+from bot.store import Delivery, PackedMessage, Store
 from bot.subscriptions import ENV_REF, mail_address
 
 __all__ = [
@@ -328,13 +328,13 @@ def reserve_digest(
     compose: Compose,
     now: datetime,
     rendered: tuple[bytes, str, str] | None = None,
-    packed: bytes | None = None,
+    packed: PackedMessage | None = None,
 ) -> Delivery:
     """Put a planned digest in the ledger with its papers, then its rendered message.
     `rendered`: what `compose` gives for the papers the plan shows, made already (by a helper
     process): stored with the papers when the ledger reserves them all, and the delivery
     returned then holds those very bytes; else `compose` renders what the ledger reserved.
-    `packed`: those bytes as the helper packed them (see Store.reserve_delivery)."""
+    `packed`: those bytes as the helper handed them over packed (see Store.reserve_delivery)."""
     shown = plan.matches[: plan.subscriber.max_papers]
     delivery = _reserve(store, plan, [m.paper.id for m in shown], now, rendered, packed)
     if delivery.state != "new":
@@ -404,7 +404,7 @@ def _reserve(
     paper_ids: list[str],
     now: datetime,
     message: tuple[bytes, str, str] | None = None,
-    packed: bytes | None = None,
+    packed: PackedMessage | None = None,
 ) -> Delivery:
     """The ledger row of a planned digest, with `paper_ids` reserved (or the row already there),
     and `message` (`packed` already, maybe) if it is for all of them (see Store.reserve_delivery).

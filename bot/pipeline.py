@@ -53,13 +53,13 @@ from bot.deliver import (
     send_due,
     settle,
 )
-from bot.errors import BotError, PermanentError, SettingsError, SourceError, TransientError
+from bot.errors import BotError, PermanentError, SettingsError, SourceError, StoreError, TransientError
 from bot.fetch import Listing, fetch_listing, fetch_with_fallback
 from bot.match import Match, WatchIndex, match_papers
 from bot.message import MessageSettings, digest_links, email_data, message_id
 from bot.models import Digest, FetchResult, Subscriber
 from bot.render import CardKey, RenderedDigest, card_key, keep_cards, made_cards, prepare_cards, render_digest
-from bot.store import Delivery, SaveStats, Store, pack_message, unpack_message
+from bot.store import Delivery, PackedMessage, SaveStats, Store, pack_message
 from bot.transport import HttpClient
 
 __all__ = [
@@ -596,14 +596,14 @@ def _make_one(
     error noted, when it cannot be made. `ready`: its message, if a helper made it already.
     `stored`: where to keep the digest as the ledger now holds it, by id, for sending."""
     made: list[Made] = []
-    compose = _composer(mail, made, ready)
+    shown = plan.matches[: plan.subscriber.max_papers]
+    packed = ready.message(shown, len(plan.matches)) if ready is not None else None
+    compose = _composer(mail, made, ready, packed)
     try:
         if dry_run:
-            shown = plan.matches[: plan.subscriber.max_papers]
             compose(plan, shown, len(plan.matches))
         else:
-            rendered = ready.message_of(plan) if ready is not None else None
-            packed = ready.packed if rendered is not None else None
+            rendered = None if packed is None else (packed.data, ready.identity, ready.subject)
             delivery = reserve_digest(store, plan, compose, clock(), rendered, packed)
             if rendered is not None and delivery.message is rendered[0]:  # stored with its papers
                 made.append(Made(plan, ready.subject, ready.shown))
@@ -621,7 +621,7 @@ def _make_one(
 # Rendering takes more CPU than anything else in a run, and a run of thousands of digests can
 # render on a second core while this process reserves and sends. The helper is forked, so it
 # has the plans without their being copied (pickling them cost a third of rendering them); it
-# renders batch after batch, a few ahead, and returns the bytes. The cards, shared by many
+# renders batch after batch, a few ahead, and returns the messages packed. The cards, shared by many
 # digests and most of the first batches' work, are made half here and half there at the start
 # (a card pickles in a tenth of the time it takes to make). Only where forking is safe:
 # on Linux, from a process with one thread (`paperbot run --once`; the daemon's runs are on a
@@ -634,7 +634,7 @@ def _make_one(
 class _Ready:
     """A digest's message made by the helper: good for exactly these papers and this total.
     Packed as the ledger stores it (bot.store.pack_message): the helper hands over a fifth of
-    the bytes, and the run stores them as they are, unpacking them only to send."""
+    the bytes, which the run stores as they are; it unpacks each once, to send it."""
 
     paper_ids: tuple[str, ...]
     total: int
@@ -647,11 +647,16 @@ class _Ready:
         """Whether it was made to show exactly these matches' papers, of this total."""
         return self.total == total and self.paper_ids == tuple(m.paper.id for m in matches)
 
-    def message_of(self, plan: DigestPlan) -> tuple[bytes, str, str] | None:
-        """(bytes, message id, subject) for the ledger, if made for what `plan` shows."""
-        if self.fits(plan.matches[: plan.subscriber.max_papers], len(plan.matches)):
-            return unpack_message(self.packed), self.identity, self.subject
-        return None
+    def message(self, matches: Sequence[Match], total: int) -> PackedMessage | None:
+        """The message, if made to show exactly these matches' papers, of this total, and it
+        came whole (else the run renders the digest itself)."""
+        if not self.fits(matches, total):
+            return None
+        try:
+            return PackedMessage(self.packed)
+        except StoreError as error:
+            log.warning("a digest the helper rendered came damaged (%s): rendering it here", error)
+            return None
 
 
 HELPER_AHEAD = 4  # batches the helper may render ahead of the sending: bounds the memory held
@@ -858,14 +863,17 @@ def preview_digest(
     return rendered.html, rendered.text, rendered.subject
 
 
-def _composer(mail: MessageSettings, made: list[Made], ready: _Ready | None = None):
-    """A Compose function for the ledger that also keeps what it made (for the report);
-    with `ready`, the message a helper made, when it is for the very papers asked for."""
+def _composer(
+    mail: MessageSettings, made: list[Made], ready: _Ready | None = None, packed: PackedMessage | None = None
+):
+    """A Compose function for the ledger that also keeps what it made (for the report); with
+    `ready`, a helper's digest, its message `packed` (as ready.message gave it) when the papers
+    asked for are those it was made for."""
 
     def compose(plan: DigestPlan, shown: tuple, total: int) -> tuple[bytes, str, str]:
-        if ready is not None and ready.fits(shown, total):
+        if ready is not None and packed is not None and ready.fits(shown, total):
             made.append(Made(plan, ready.subject, ready.shown))
-            return unpack_message(ready.packed), ready.identity, ready.subject
+            return packed.data, ready.identity, ready.subject
         data, identity, summary = render_message(plan, shown, total, mail)
         made.append(summary)
         return data, identity, summary.subject

@@ -23,7 +23,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -44,8 +44,8 @@ __all__ = [
     "Window",
     "format_time",
     "open_store",
+    "PackedMessage",
     "pack_message",
-    "unpack_message",
 ]
 
 log = logging.getLogger(__name__)
@@ -392,15 +392,26 @@ def _packed(data: bytes) -> bytes:
 
 
 def pack_message(data: bytes) -> bytes:
-    """A message packed as the ledger stores it, for a process that renders for another (a big
-    run's helper): it hands over a fifth of the bytes, which the run stores as they are (see
-    Store.reserve_delivery's `packed`) and unpacks (unpack_message) only to send."""
+    """A message packed as the ledger stores it, to hand over as a PackedMessage."""
     return _packed(data)
 
 
-def unpack_message(packed: bytes) -> bytes:
-    """The message that pack_message packed (StoreError if those bytes are damaged)."""
-    return _unpacked(packed, _PACKED)  # type: ignore[return-value]
+@dataclass(frozen=True, slots=True)
+class PackedMessage:
+    """A message handed over packed as the ledger stores it (pack_message), and its bytes,
+    unpacked from those when it is made: the two always agree. Store.reserve_delivery stores
+    `packed` as it is, rather than packing the bytes again. Raises StoreError when `packed` is
+    not a packed message (damaged on its way)."""
+
+    packed: bytes
+    data: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        try:
+            data = _decompressed(self.packed)
+        except zstandard.ZstdError as error:
+            raise StoreError(f"a message handed over packed cannot be unpacked ({error})") from None
+        object.__setattr__(self, "data", data)
 
 
 def _unpacked(stored: bytes | None, encoding: str | None) -> bytes | None:
@@ -409,16 +420,20 @@ def _unpacked(stored: bytes | None, encoding: str | None) -> bytes | None:
         return stored
     if encoding != _PACKED:
         raise StoreError(f"a stored message is in {encoding!r}, which this paperbot cannot read: upgrade it")
+    try:
+        return _decompressed(stored)
+    except zstandard.ZstdError as error:
+        raise StoreError(f"a stored message cannot be read back ({error}): the database is damaged") from None
+
+
+def _decompressed(packed: bytes) -> bytes:
     decompressor = getattr(_CODECS, "decompressor", None)
     if decompressor is None:
         decompressor = _CODECS.decompressor = zstandard.ZstdDecompressor()
-    try:
-        size = zstandard.frame_content_size(stored)
-        if not 0 <= size <= _LARGEST_MESSAGE:  # a damaged header: nothing to make room for
-            raise zstandard.ZstdError(f"it says it unpacks to {size} bytes")
-        return decompressor.decompress(stored)
-    except zstandard.ZstdError as error:
-        raise StoreError(f"a stored message cannot be read back ({error}): the database is damaged") from None
+    size = zstandard.frame_content_size(packed)
+    if not 0 <= size <= _LARGEST_MESSAGE:  # a damaged header: nothing to make room for
+        raise zstandard.ZstdError(f"it says it unpacks to {size} bytes")
+    return decompressor.decompress(packed)
 
 
 def _migrate_6(db: sqlite_utils.Database) -> None:
@@ -859,7 +874,7 @@ class Store:
         window_end: datetime,
         now: datetime,
         message: tuple[bytes, str, str] | None = None,
-        packed: bytes | None = None,
+        packed: PackedMessage | None = None,
     ) -> Delivery:
         """Create the ledger row of one digest and reserve its papers, in one transaction.
 
@@ -868,9 +883,11 @@ class Store:
         returned unchanged: reserving is idempotent, and safe when two processes race.
         `message`: (bytes, message id, subject) rendered for exactly `paper_ids`, stored with
         them (pending, as attach_message leaves a row) when the ledger reserves them all;
-        else the row is new, for the caller to render what it reserved. `packed`: that message's
-        bytes as pack_message made them (by the process that rendered it), stored as they are.
+        else the row is new, for the caller to render what it reserved. `packed`: the message as
+        it was handed over packed (its `data` is message's bytes), stored as it is.
         """
+        if packed is not None and (message is None or packed.data is not message[0]):
+            raise ValueError("packed is not the message's: pass the PackedMessage whose data it is")
         with self._immediate() as conn:
             existing = conn.execute(
                 "select id from deliveries where subscriber_id = ? and channel = ? and period = ?",
@@ -911,7 +928,7 @@ class Store:
             if data is not None:
                 conn.execute(
                     "insert into delivery_bodies (delivery_id, message, encoding) values (?, ?, ?)",
-                    [delivery_id, _packed(data) if packed is None else packed, _PACKED],
+                    [delivery_id, _packed(data) if packed is None else packed.packed, _PACKED],
                 )
         # The row as get_delivery would read it back, without reading it.
         return Delivery(

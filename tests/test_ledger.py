@@ -67,20 +67,32 @@ def test_a_message_is_stored_packed_and_read_back_byte_for_byte(ledger):
     assert stored == [(stored[0][0], "zstd")] * 2 and stored[0][0] < len(digest) / 5
 
 
-def test_a_message_packed_by_the_process_that_rendered_it_is_stored_as_it_is(ledger):
-    """A big run's helper packs what it renders (pack_message) and the run stores those bytes
-    without packing them again; the ledger reads back the message, and so does unpack_message."""
-    from bot.store import pack_message, unpack_message
+def test_a_message_handed_over_packed_is_stored_as_it_came(ledger):
+    """A big run's helper hands its messages over packed (pack_message); the run stores those
+    very bytes, and sends the message they unpack to, which the ledger reads back. (Packed here
+    otherwise than pack_message packs, so that packing again would show.)"""
+    import zstandard
+
+    from bot.store import PackedMessage, pack_message
 
     digest = MESSAGE + b"".join(b"<p>card %d</p>\r\n" % n for n in range(300))
-    packed = pack_message(digest)
-    assert len(packed) < len(digest) / 5 and unpack_message(packed) == digest
-    whole = reserve_row(ledger, papers=["a"], message=(digest, "<a@x>", "s"), packed=packed)
-    assert whole.state == "pending" and whole.message is digest
+    assert len(pack_message(digest)) < len(digest) / 5
+    handed = PackedMessage(zstandard.ZstdCompressor(level=19, write_checksum=True).compress(digest))
+    assert handed.data == digest and handed.packed != pack_message(digest)
+    whole = reserve_row(ledger, papers=["a"], message=(handed.data, "<a@x>", "s"), packed=handed)
+    assert whole.state == "pending" and whole.message is handed.data
     (kept,) = ledger.db.execute("select message from delivery_bodies").fetchone()
-    assert kept == packed and ledger.stored_message(whole.id) == digest
-    with pytest.raises(StoreError, match="the database is damaged"):
-        unpack_message(packed[:-9] + bytes(9))
+    assert kept == handed.packed and ledger.stored_message(whole.id) == digest
+    # Made for papers the ledger no longer gives it all of: neither stored nor sent.
+    taken = reserve_row(
+        ledger, period="2026-06-13", papers=["a", "b"], message=(handed.data, "<b@x>", "s"), packed=handed
+    )
+    assert taken.state == "new" and taken.paper_ids == ("b",) and taken.message is None
+    assert ledger.db.execute("select count(*) from delivery_bodies").fetchone() == (1,)
+    with pytest.raises(ValueError, match="packed is not the message's"):
+        reserve_row(ledger, sid="carol", papers=["c"], message=(MESSAGE, "<c@x>", "s"), packed=handed)
+    with pytest.raises(StoreError, match="handed over packed cannot be unpacked"):
+        PackedMessage(handed.packed[:-9] + bytes(9))
 
 
 def test_a_message_stored_unpacked_by_an_older_paperbot_is_read_as_it_is(ledger):

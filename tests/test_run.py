@@ -407,7 +407,18 @@ def render_message(plan, *args):  # the forked helper inherits it
         time.sleep(300)
     if plan.subscriber.id in options["broken"]:
         raise ValueError(f"{plan.subscriber.id}'s template broke")
+    where = "here" if os.getpid() == parent else "in the helper"
+    print(f"rendered {plan.subscriber.id} {where}", file=sys.stderr, flush=True)
     return real_render(plan, *args)
+
+
+real_pack = bot.pipeline.pack_message
+
+
+def pack_message(data):  # the helper's: the message of a digest of options["damaged"] arrives damaged
+    packed = real_pack(data)
+    damaged = any(f"To: {who.title()} <".encode() in data for who in options["damaged"])
+    return packed[:-9] + bytes(9) if damaged else packed
 
 
 def start_helper(*args):
@@ -456,6 +467,7 @@ class Outbox(OutboxSender):
 
 
 bot.pipeline.render_message = render_message
+bot.pipeline.pack_message = pack_message
 bot.pipeline._start_helper = start_helper
 bot.pipeline._make_cards = make_cards
 bot.pipeline.made_cards = made_cards
@@ -469,6 +481,7 @@ with open_store(db) as store:
         fetch=lambda: "stored",
         senders={"email": Outbox(outbox)},
         clock=lambda: datetime.fromisoformat(now),
+        dry_run=options["dry_run"],
     )
 made = [[m.plan.subscriber.id, m.subject, m.shown] for m in report.planned]
 print("made:", json.dumps(made), file=sys.stderr)
@@ -489,6 +502,8 @@ def alone_command(
     broken: tuple = (),
     hang: tuple = (),
     racing: tuple = (),
+    damaged: tuple = (),
+    dry_run: bool = False,
     patience: float = 120.0,
     die_sharing: bool = False,
     **settings,
@@ -497,7 +512,8 @@ def alone_command(
     ledger commit, its helper dying at the digests of `die` (once the first message waits for
     it) and hanging at those of `hang` (given up on after `patience` seconds), or dying as it
     makes its half of the cards (`die_sharing`), the digests of `broken` failing to render, the
-    first paper of those of `racing` sent by another process after the run planned it."""
+    first paper of those of `racing` sent by another process after the run planned it, the
+    messages of those of `damaged` damaged on their way from the helper; a dry run with `dry_run`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERBOT_")}
     env.update({f"PAPERBOT_{k.upper()}": str(v) for k, v in settings.items()})
     env["PAPERBOT_WEB_SECRET"] = "the same secret for every run"
@@ -507,6 +523,8 @@ def alone_command(
         "broken": broken,
         "hang": hang,
         "racing": racing,
+        "damaged": damaged,
+        "dry_run": dry_run,
         "patience": patience,
         "die_sharing": die_sharing,
     }
@@ -539,6 +557,10 @@ def test_a_big_run_renders_in_a_helper_process_the_very_mail_it_renders_alone(tm
     helped, _, log_helped = run_alone(tmp_path, "helped", folder, racing=["p0"], run_helper_from=4)
     assert "helper process" not in log_alone
     assert "rendering 6 digests in a helper process" in log_helped
+    assert "the helper process failed" not in log_helped and "came damaged" not in log_helped
+    # Each rendered once, by the helper, but p0's, rendered again here for the papers it got.
+    rendered = sorted(line for line in log_helped.splitlines() if line.startswith("rendered "))
+    assert rendered == ["rendered p0 here", *(f"rendered p{n} in the helper" for n in range(6))]
     assert alone == helped == [[f"p{n}", "sent"] for n in range(6)]
     made = [line for line in log_alone.splitlines() if line.startswith("made: ")]
     assert len(json.loads(made[0][6:])) == 6 and made == [
@@ -551,8 +573,8 @@ def test_a_big_run_renders_in_a_helper_process_the_very_mail_it_renders_alone(tm
         assert ours.read_bytes() == theirs.read_bytes(), ours.name
     with open_store(tmp_path / "helped.db") as store:
         (raced,) = store.find_delivery("p0", "email", "racer").paper_ids
-        # The helper hands its messages over packed as the ledger stores them: what a retry
-        # would read back is what went.
+        # The helper hands its messages over packed, and the ledger keeps them as they came:
+        # what a retry would read back is what went.
         rows = store.db.execute(
             "select id, subscriber_id from deliveries where state = 'sent' and period != 'racer'"
         ).fetchall()
@@ -560,6 +582,45 @@ def test_a_big_run_renders_in_a_helper_process_the_very_mail_it_renders_alone(tm
     assert stored == {path.name.split("-")[3]: path.read_bytes() for path in its}
     html = parsed(its[0]).get_body(("html",)).get_content()
     assert its[0].name == "2026-06-12-p0-email.eml" and "<mark" in html and raced not in html
+
+
+@NEEDS_TWO_CPUS
+def test_a_message_damaged_on_its_way_from_the_helper_is_rendered_here(tmp_path):
+    """The helper hands its messages over packed: one that does not unpack (damaged on its way)
+    is rendered again by the run, said in the log, and sent as a run rendering alone sends it."""
+    folder = tmp_path / "subscriptions"
+    folder.mkdir()
+    for number, query in enumerate(["attention", "diffusion", "agent*", "video"]):
+        subscription(folder, f"p{number}", query, send_empty="true")
+    alone, _, _ = run_alone(tmp_path, "alone", folder, run_helper_from=0)
+    helped, errors, log = run_alone(tmp_path, "helped", folder, damaged=["p2"], run_helper_from=2)
+    assert alone == helped == [[f"p{n}", "sent"] for n in range(4)] and not errors
+    assert log.count("came damaged") == 1 and "rendered p2 here" in log and "rendered p1 here" not in log
+    for ours, theirs in zip(
+        *(sorted((tmp_path / name).iterdir()) for name in ("alone", "helped")), strict=True
+    ):
+        assert ours.read_bytes() == theirs.read_bytes(), ours.name
+
+
+@NEEDS_TWO_CPUS
+def test_a_big_dry_run_reports_what_the_helper_renders_and_writes_nothing(tmp_path):
+    """A dry run renders every digest (the helper's, from a big run on) and reports them as a
+    run rendering alone does, and sends and records nothing."""
+    folder = tmp_path / "subscriptions"
+    folder.mkdir()
+    for number, query in enumerate(["attention", "diffusion", "agent*", "video"]):
+        subscription(folder, f"p{number}", query, send_empty="true")
+    reports = []
+    for name, helper_from in (("alone", 0), ("helped", 2)):
+        outcomes, errors, log = run_alone(tmp_path, name, folder, dry_run=True, run_helper_from=helper_from)
+        assert outcomes == [] and not errors and not list((tmp_path / name).glob("*.eml"))
+        with open_store(tmp_path / f"{name}.db") as store:
+            assert store.db.execute("select count(*) from deliveries").fetchone() == (0,)
+        reports.append([line for line in log.splitlines() if line.startswith("made: ")])
+        rendered = sorted(line for line in log.splitlines() if line.startswith("rendered "))
+        where = "here" if helper_from == 0 else "in the helper"
+        assert rendered == [f"rendered p{n} {where}" for n in range(4)]
+    assert reports[0] == reports[1] and len(json.loads(reports[0][0][6:])) == 4
 
 
 @NEEDS_TWO_CPUS
