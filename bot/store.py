@@ -38,13 +38,13 @@ __all__ = [
     "Crossing",
     "Delivery",
     "FetchRecord",
+    "PackedMessage",
     "SaveStats",
     "SCHEMA_VERSION",
     "Store",
     "Window",
     "format_time",
     "open_store",
-    "PackedMessage",
     "pack_message",
 ]
 
@@ -427,6 +427,7 @@ def _unpacked(stored: bytes | None, encoding: str | None) -> bytes | None:
 
 
 def _decompressed(packed: bytes) -> bytes:
+    """What _packed packed; zstandard.ZstdError for bytes it did not make whole."""
     decompressor = getattr(_CODECS, "decompressor", None)
     if decompressor is None:
         decompressor = _CODECS.decompressor = zstandard.ZstdDecompressor()
