@@ -543,16 +543,23 @@ def run_alone(tmp_path: Path, name: str, folder: Path, **options) -> tuple[list,
     return outcomes, errors, done.stderr
 
 
+def topic_subscribers(tmp_path: Path, count: int) -> Path:
+    """A folder of `count` subscribers, p0, p1, ..., each watching a topic of its own (their
+    digests differ) and wanting even an empty digest."""
+    folder = tmp_path / "subscriptions"
+    folder.mkdir()
+    for number, query in enumerate(["attention", "diffusion", "agent*", "video", "reasoning", "3D"][:count]):
+        subscription(folder, f"p{number}", query, send_empty="true")
+    return folder
+
+
 @NEEDS_TWO_CPUS
 def test_a_big_run_renders_in_a_helper_process_the_very_mail_it_renders_alone(tmp_path):
     """From `run.helper_from` digests a forked helper renders while the run sends; what
     arrives is byte for byte what a run rendering alone sends. Among them, p0's digest: another
     process sent its first paper after the run planned it, so the message the helper made is
     not the one sent, but one made again for the papers the ledger gave it."""
-    folder = tmp_path / "subscriptions"
-    folder.mkdir()
-    for number, query in enumerate(["attention", "diffusion", "agent*", "video", "reasoning", "3D"]):
-        subscription(folder, f"p{number}", query, send_empty="true")
+    folder = topic_subscribers(tmp_path, 6)
     alone, _, log_alone = run_alone(tmp_path, "alone", folder, racing=["p0"], run_helper_from=0)
     helped, _, log_helped = run_alone(tmp_path, "helped", folder, racing=["p0"], run_helper_from=4)
     assert "helper process" not in log_alone
@@ -588,10 +595,7 @@ def test_a_big_run_renders_in_a_helper_process_the_very_mail_it_renders_alone(tm
 def test_a_message_damaged_on_its_way_from_the_helper_is_rendered_here(tmp_path):
     """The helper hands its messages over packed: one that does not unpack (damaged on its way)
     is rendered again by the run, said in the log, and sent as a run rendering alone sends it."""
-    folder = tmp_path / "subscriptions"
-    folder.mkdir()
-    for number, query in enumerate(["attention", "diffusion", "agent*", "video"]):
-        subscription(folder, f"p{number}", query, send_empty="true")
+    folder = topic_subscribers(tmp_path, 4)
     alone, _, _ = run_alone(tmp_path, "alone", folder, run_helper_from=0)
     helped, errors, log = run_alone(tmp_path, "helped", folder, damaged=["p2"], run_helper_from=2)
     assert alone == helped == [[f"p{n}", "sent"] for n in range(4)] and not errors
@@ -606,10 +610,7 @@ def test_a_message_damaged_on_its_way_from_the_helper_is_rendered_here(tmp_path)
 def test_a_big_dry_run_reports_what_the_helper_renders_and_writes_nothing(tmp_path):
     """A dry run renders every digest (the helper's, from a big run on) and reports them as a
     run rendering alone does, and sends and records nothing."""
-    folder = tmp_path / "subscriptions"
-    folder.mkdir()
-    for number, query in enumerate(["attention", "diffusion", "agent*", "video"]):
-        subscription(folder, f"p{number}", query, send_empty="true")
+    folder = topic_subscribers(tmp_path, 4)
     reports = []
     for name, helper_from in (("alone", 0), ("helped", 2)):
         outcomes, errors, log = run_alone(tmp_path, name, folder, dry_run=True, run_helper_from=helper_from)
