@@ -467,11 +467,16 @@ def measure(args: argparse.Namespace, capture: Path, program: str, work: Path) -
         each_seconds, _ = timed(lambda: send_connection_each(sink.port, outgoing))
         # Best of two, as raw smtplib's figure is: one run before (2b), one after.
         helped_db = work / "helped.db"
-        path = (subscribers, template)
-        helped_runs = [whole_path(settings, *path, helped_db, sink.port, now, args.days, by_subscriber)]
+
+        def whole_run(run_settings, ledger: Path) -> WholeRun:
+            return whole_path(
+                run_settings, subscribers, template, ledger, sink.port, now, args.days, by_subscriber
+            )
+
+        helped_runs = [whole_run(settings, helped_db)]
         alone_settings = load_settings(None, environ={**BENCH_ENV, "PAPERBOT_RUN_HELPER_FROM": "0"})
-        alone = whole_path(alone_settings, *path, work / "alone.db", sink.port, now, args.days, by_subscriber)
-        helped_runs.append(whole_path(settings, *path, helped_db, sink.port, now, args.days, by_subscriber))
+        alone = whole_run(alone_settings, work / "alone.db")
+        helped_runs.append(whole_run(settings, helped_db))
         one_after, _ = timed(lambda: send_one_connection(sink.port, outgoing))
         time.sleep(0.2)  # let smtp-sink write its last counters
         received = sink.received()
