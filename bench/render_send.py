@@ -14,6 +14,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import smtplib
 import socket
@@ -187,6 +188,14 @@ class SmtpSink:
                     raise SystemExit(f"smtp-sink did not start: {output}") from None
                 time.sleep(0.05)
 
+    def cpu(self) -> float:
+        """CPU seconds it has used so far (from /proc; 0.0 where there is none)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
     def received(self) -> int:
         """Messages taken so far (its last -c counter line)."""
         found = re.findall(rb"mesg=(\d+)", self.counters.read_bytes())
@@ -308,6 +317,8 @@ class WholeRun:
     first: float  # its first send began
     seconds: float
     cpu: float  # CPU seconds of this process
+    helper_cpu: float  # of its helper process
+    sink_cpu: float  # of smtp-sink, meanwhile
     in_send: float  # seconds inside SmtpSender.send
 
 
@@ -316,7 +327,7 @@ def whole_path(
     subscribers,
     template: Path,
     ledger: Path,
-    port: int,
+    sink: SmtpSink,
     now: datetime,
     days: int,
     expected: dict[str, bytes],
@@ -327,10 +338,11 @@ def whole_path(
     of paperbot holds an earlier run's messages."""
     shutil.copyfile(template, ledger)
     with open_store(ledger) as store:
-        sender = TimedSender(SmtpSender(host=HOST, port=port, sender=SENDER, security="none"))
+        sender = TimedSender(SmtpSender(host=HOST, port=sink.port, sender=SENDER, security="none"))
         forget_cards()  # cold, as a fresh `paperbot run --once` (and its helper, forked from here)
         forget_encodings()
         started, cpu = time.perf_counter(), time.process_time()
+        children, sink_cpu = _children_cpu(), sink.cpu()
         report = run_once(
             store,
             settings,
@@ -341,12 +353,19 @@ def whole_path(
             backfill_days=days,
         )
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        children, sink_cpu = _children_cpu() - children, sink.cpu() - sink_cpu  # the helper is reaped
         sender.close()
         sent = [o.delivery for o in report.outcomes if o.status == "sent"]
         same = len({d.subscriber_id for d in sent}) == len(sent) == len(expected) and all(
             store.stored_message(d.id) == expected.get(d.subscriber_id) for d in sent
         )
-    return WholeRun(len(sent), same, started, sender.first or started + seconds, seconds, cpu, sender.seconds)
+    first = sender.first or started + seconds
+    return WholeRun(len(sent), same, started, first, seconds, cpu, children, sink_cpu, sender.seconds)
+
+
+def _children_cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def line_check(messages: Sequence[bytes]) -> tuple[bool, int]:
@@ -470,7 +489,7 @@ def measure(args: argparse.Namespace, capture: Path, program: str, work: Path) -
 
         def whole_run(run_settings, ledger: Path) -> WholeRun:
             return whole_path(
-                run_settings, subscribers, template, ledger, sink.port, now, args.days, by_subscriber
+                run_settings, subscribers, template, ledger, sink, now, args.days, by_subscriber
             )
 
         helped_runs = [whole_run(settings, helped_db)]
@@ -498,6 +517,11 @@ def measure(args: argparse.Namespace, capture: Path, program: str, work: Path) -
         line(
             "  run_once, one SMTP connection",
             f"{run.sent / run.seconds:8,.0f} messages/s  ({run.seconds:.2f} s; {run.cpu:.2f} s CPU)",
+        )
+        busy = (run.cpu + run.helper_cpu + run.sink_cpu) / run.seconds
+        line(
+            "    CPU of its helper, of smtp-sink; cores busy",
+            f"{run.helper_cpu:8.2f} s, {run.sink_cpu:.2f} s; {busy:.2f} of {os.cpu_count()}",
         )
         line("    until its first send", f"{making:8.2f} s")
         line(
