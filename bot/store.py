@@ -403,8 +403,8 @@ class PackedMessage:
     `packed` as it is, rather than packing the bytes again. Raises StoreError when `packed` is
     not a packed message (damaged on its way)."""
 
-    packed: bytes
-    data: bytes = field(init=False)
+    packed: bytes = field(repr=False)  # tens of KB: not in an error message
+    data: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         try:
