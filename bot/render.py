@@ -337,18 +337,17 @@ def _authors(paper: Paper, hits: Iterable) -> tuple[Segment, ...]:
 
 @lru_cache(maxsize=_CARDS_CACHED)
 def _authors_marked(authors: tuple[str, ...], spans: tuple[tuple[int, int], ...]) -> tuple[Segment, ...]:
-    names = authors
-    if not names:
+    if not authors:
         return ()
     marked: dict[int, list[tuple[int, int]]] = {}
     starts = _author_starts(authors)
     for hit_start, hit_end in spans:
         number = bisect_right(starts, hit_start) - 1  # the one name that can hold the hit
-        if number >= 0 and hit_end <= starts[number] + len(names[number]):
+        if number >= 0 and hit_end <= starts[number] + len(authors[number]):
             start = starts[number]
             marked.setdefault(number, []).append((hit_start - start, hit_end - start))
-    shown = list(range(min(len(names), AUTHORS_SHOWN)))
-    if len(names) == AUTHORS_SHOWN + 1:
+    shown = list(range(min(len(authors), AUTHORS_SHOWN)))
+    if len(authors) == AUTHORS_SHOWN + 1:
         shown.append(AUTHORS_SHOWN)  # "et al." would hide just one name: show it
     late = [number for number in sorted(marked) if number not in shown]
     pieces: list[Segment] = []
@@ -356,9 +355,9 @@ def _authors_marked(authors: tuple[str, ...], spans: tuple[tuple[int, int], ...]
     for number in shown + late:
         if previous is not None:
             pieces.append(Segment(", " if number == previous + 1 else ", … "))
-        pieces.extend(_segments(names[number], marked.get(number, ())))
+        pieces.extend(_segments(authors[number], marked.get(number, ())))
         previous = number
-    if len(shown) + len(late) < len(names):
+    if len(shown) + len(late) < len(authors):
         pieces.append(Segment(" et al."))
     return tuple(pieces)
 
@@ -1088,8 +1087,9 @@ def _frame_parts(environment: jinja2.Environment, values: dict) -> list:
         if parts is not None:
             return parts
     whole = _inliner().inline(_rendered(frame, values, cards=_CARDS_HERE))
-    kept = sum(map(len, _LAYOUTS.values()))
-    if layout is False and kept < _LAYOUTS_KEPT:  # new: keep it if it makes this page
+    if (
+        layout is False and sum(map(len, _LAYOUTS.values())) < _LAYOUTS_KEPT
+    ):  # new: keep it if it makes this page
         layout = None
         if skeleton.count("\ue000") == len(printed):
             pieces = _skeleton_pieces(_inliner().inline(skeleton), len(printed))
@@ -1215,7 +1215,7 @@ def _text_parts(environment: jinja2.Environment, values: dict, parts: Sequence[_
         frame = _rendered(template, values, cards=_CARDS_TEXT_HERE)
         before, here, after = frame.partition(_CARDS_TEXT_HERE)
         if here and (not before or before.endswith("\n")) and _CARDS_TEXT_HERE not in after:
-            units = [part.joined.get(rank) or part.unit(rank) for rank, part in enumerate(parts, 1)]
+            units = [part.unit(rank) for rank, part in enumerate(parts, 1)]
             return _joined_units(_tidied_head(before), units, _tidied(after))
     cards = "".join(part.text.replace(_RANK, str(rank)) for rank, part in enumerate(parts, 1))
     return ((_tidy_text(_rendered(template, values, cards=cards)), False),)

@@ -374,26 +374,22 @@ def _migrate_5(db: sqlite_utils.Database) -> None:
         db.execute("update deliveries set message = null")
 
 
-_PACKED = "zstd"  # delivery_bodies.encoding of a message _packed made
+_PACKED = "zstd"  # delivery_bodies.encoding of a message pack_message made
 _LARGEST_MESSAGE = 64 << 20  # bytes a stored message may say it unpacks to: a digest is well under 1 MB
 _CODECS = threading.local()  # a zstd compressor and decompressor for each thread: neither is thread-safe
 
 
-def _packed(data: bytes) -> bytes:
+def pack_message(data: bytes) -> bytes:
     """A message as the ledger stores it: zstd at level 1, about a fifth of its size for a
     digest (its cards' HTML repeats the same inlined styles). Packing costs a run less than
     SQLite's writing the bytes it saves did (to the log, then to the database file at a
     checkpoint): bench/render_send.py's run sends 9% faster, and its ledger grows 8 KB a
-    digest rather than 34."""
+    digest rather than 34. A process that renders for another (a big run's helper) packs what
+    it hands over with it too (see PackedMessage)."""
     compressor = getattr(_CODECS, "compressor", None)
     if compressor is None:  # with a checksum (4 bytes): damage is an error, not other bytes sent
         compressor = _CODECS.compressor = zstandard.ZstdCompressor(level=1, write_checksum=True)
     return compressor.compress(data)
-
-
-def pack_message(data: bytes) -> bytes:
-    """A message packed as the ledger stores it, to hand over as a PackedMessage."""
-    return _packed(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,7 +411,7 @@ class PackedMessage:
 
 
 def _unpacked(stored: bytes | None, encoding: str | None) -> bytes | None:
-    """A stored message as it was made: unpacked if _packed made it, else as it is."""
+    """A stored message as it was made: unpacked if pack_message made it, else as it is."""
     if stored is None or encoding is None:
         return stored
     if encoding != _PACKED:
@@ -427,7 +423,7 @@ def _unpacked(stored: bytes | None, encoding: str | None) -> bytes | None:
 
 
 def _decompressed(packed: bytes) -> bytes:
-    """What _packed packed; zstandard.ZstdError for bytes it did not make whole."""
+    """What pack_message packed; zstandard.ZstdError for bytes it did not make whole."""
     decompressor = getattr(_CODECS, "decompressor", None)
     if decompressor is None:
         decompressor = _CODECS.decompressor = zstandard.ZstdDecompressor()
@@ -438,7 +434,7 @@ def _decompressed(packed: bytes) -> bytes:
 
 
 def _migrate_6(db: sqlite_utils.Database) -> None:
-    """Messages stored compressed (see _packed), each saying so in `encoding`; those stored
+    """Messages stored compressed (see pack_message), each saying so in `encoding`; those stored
     before stay as they were (no encoding). The table takes a new name, delivery_bodies, so
     that a paperbot before this one fails to read or store any message, and sends none: one
     that opens the database afterwards refuses its schema, but one that had it open already
@@ -929,7 +925,7 @@ class Store:
             if data is not None:
                 conn.execute(
                     "insert into delivery_bodies (delivery_id, message, encoding) values (?, ?, ?)",
-                    [delivery_id, _packed(data) if packed is None else packed.packed, _PACKED],
+                    [delivery_id, pack_message(data) if packed is None else packed.packed, _PACKED],
                 )
         # The row as get_delivery would read it back, without reading it.
         return Delivery(
@@ -978,7 +974,7 @@ class Store:
                 conn.execute(
                     "insert or replace into delivery_bodies (delivery_id, message, encoding)"
                     " values (?, ?, ?)",
-                    [delivery_id, _packed(message), _PACKED],
+                    [delivery_id, pack_message(message), _PACKED],
                 )
         return bool(attached)
 
