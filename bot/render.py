@@ -606,7 +606,22 @@ def _recording_environment(environment: jinja2.Environment) -> jinja2.Environmen
     """`environment` whose printed values pass through _finalize, so that a frame's skeleton can
     be made (see _frame_parts): only the frame's template, as a finalize is a call for every
     value every template prints."""
-    return environment.overlay(finalize=_finalize)
+    recording = environment.overlay(finalize=_finalize)
+    recording.template_class = _UnrecordedModules
+    return recording
+
+
+class _UnrecordedModules(jinja2.Template):
+    """A template of the recording environment whose module (what `{% include ... without
+    context %}` prints, as digest.html.j2 includes its style sheet: made once and kept by Jinja)
+    is made with nothing recorded: else a value it prints would be kept as a frame's hole."""
+
+    def make_module(self, vars=None, shared=False, locals=None):
+        token = _recording.set(None)
+        try:
+            return super().make_module(vars, shared, locals)
+        finally:
+            _recording.reset(token)
 
 
 @lru_cache(maxsize=1)
@@ -1134,6 +1149,8 @@ def render_digest(digest: Digest, environment: jinja2.Environment | None = None)
             "subscriber": subscriber,
             "schedule": schedule,
             "papers": cards[:shown],
+            # The inbox's preview line: the first titles (a Jinja loop over them took longer).
+            "preheader": " · ".join([card.title_plain for card in cards[: min(shown, 3)]]),
             "shown": shown,
             "total": digest.total,
             "more": digest.total - shown,

@@ -128,6 +128,7 @@ def whole_values(digest, environment) -> tuple[list, dict]:
         "subscriber": subscriber,
         "schedule": subscriber.schedule.text,
         "papers": cards,
+        "preheader": " · ".join(card.title_plain for card in cards[:3]),
         "shown": len(cards),
         "total": digest.total,
         "more": digest.total - len(cards),
