@@ -285,6 +285,7 @@ _SETUP_CACHES = {
         "_globals_of",
         "_inliner",
         "_fillable",
+        "_line_of",
         "_prints_cards_as_they_are",
         "_local_moment",
     },
