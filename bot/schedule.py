@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -114,6 +114,16 @@ def latest_fire(schedule: Schedule, zone: str, now: datetime) -> datetime | None
     """The last time at or before `now` at which the schedule fired, or None."""
     if schedule.cron is None:
         return None
+    daily = _DAILY_CRON.fullmatch(schedule.cron)
+    if daily is not None:
+        fire = _latest_daily(int(daily[2]), int(daily[1]), ZoneInfo(zone), now)
+        if fire is not None:
+            return fire
+    return _latest_by_trigger(schedule, zone, now)
+
+
+def _latest_by_trigger(schedule: Schedule, zone: str, now: datetime) -> datetime | None:
+    """latest_fire, as APScheduler's trigger for the schedule finds it."""
     trigger = trigger_for(schedule, zone)
     for back in _LOOKBACK:
         fire = trigger.get_next_fire_time(None, now - back)
@@ -124,6 +134,25 @@ def latest_fire(schedule: Schedule, zone: str, now: datetime) -> datetime | None
             if following is None or following > now:
                 return fire
             fire = following
+    return None
+
+
+_DAILY_CRON = re.compile(r"([0-9]{1,2}) ([0-9]{1,2}) \* \* \*")  # what parse_schedule makes of "daily HH:MM"
+
+
+def _latest_daily(hour: int, minute: int, zone: ZoneInfo, now: datetime) -> datetime | None:
+    """The last firing of a daily schedule at hour:minute, as APScheduler finds it (a test holds
+    them equal), without it: its trigger and its two searches took 130 µs per schedule and time
+    zone, a sixth of planning a run of thousands of subscribers. None where daylight saving
+    skips or repeats the time on the day found (APScheduler's rules decide those)."""
+    moment = now.astimezone(UTC)  # compared in UTC: two times in one zone compare as wall clocks
+    today = moment.astimezone(zone).date()
+    for day in (today, today - timedelta(days=1)):
+        fire = datetime.combine(day, time(hour, minute), tzinfo=zone)
+        if fire.utcoffset() != fire.replace(fold=1).utcoffset():
+            return None
+        if fire.astimezone(UTC) <= moment:
+            return fire
     return None
 
 
