@@ -141,10 +141,12 @@ _DAILY_CRON = re.compile(r"([0-9]{1,2}) ([0-9]{1,2}) \* \* \*")  # what parse_sc
 
 
 def _latest_daily(hour: int, minute: int, zone: ZoneInfo, now: datetime) -> datetime | None:
-    """The last firing of a daily schedule at hour:minute, as APScheduler finds it (a test holds
-    them equal), without it: its trigger and its two searches took 130 µs per schedule and time
-    zone, a sixth of planning a run of thousands of subscribers. None where daylight saving
-    skips or repeats the time on the day found (APScheduler's rules decide those)."""
+    """The last firing of a daily schedule at hour:minute: a time its APScheduler trigger fires
+    at, with none after it up to `now` (a test holds it so), found without the trigger, whose
+    making and searching took 130 µs per schedule and time zone, a sixth of planning a run of
+    thousands of subscribers. Its search from the day before also skipped the first midnight
+    after clocks go forward (agronholm/apscheduler#606). None where daylight saving skips or
+    repeats the time on the day found: APScheduler's rules decide those."""
     moment = now.astimezone(UTC)  # compared in UTC: two times in one zone compare as wall clocks
     today = moment.astimezone(zone).date()
     for day in (today, today - timedelta(days=1)):
