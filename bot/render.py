@@ -533,7 +533,7 @@ def _wordwrap(
     """Jinja's wordwrap, to the character; but a paragraph of words between single spaces, as
     card.txt.j2 wraps a snippet (no word broken, nor at its hyphens), is wrapped here rather than
     by textwrap, which took a third of the time of a text card."""
-    if break_long_words or break_on_hyphens or width <= 0:
+    if break_long_words or break_on_hyphens or width.__class__ is not int or width <= 0:
         wrap = jinja2.filters.do_wordwrap
         return wrap(environment, s, width, break_long_words, wrapstring, break_on_hyphens)
     wrapstring = environment.newline_sequence if wrapstring is None else wrapstring
@@ -602,11 +602,11 @@ def _recording_environment(environment: jinja2.Environment) -> jinja2.Environmen
     be made (see _frame_parts): only the frame's template, as a finalize is a call for every
     value every template prints."""
     recording = environment.overlay(finalize=_finalize)
-    recording.template_class = _UnrecordedModules
+    recording.template_class = _UnrecordedModuleTemplate
     return recording
 
 
-class _UnrecordedModules(jinja2.Template):
+class _UnrecordedModuleTemplate(jinja2.Template):
     """A template of the recording environment whose module (what `{% include ... without
     context %}` prints, as digest.html.j2 includes its style sheet: made once and kept by Jinja)
     is made with nothing recorded: else a value it prints would be kept as a frame's hole."""
@@ -615,6 +615,13 @@ class _UnrecordedModules(jinja2.Template):
         token = _recording.set(None)
         try:
             return super().make_module(vars, shared, locals)
+        finally:
+            _recording.reset(token)
+
+    async def make_module_async(self, vars=None, shared=False, locals=None):  # an async environment's
+        token = _recording.set(None)
+        try:
+            return await super().make_module_async(vars, shared, locals)
         finally:
             _recording.reset(token)
 

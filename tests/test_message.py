@@ -276,8 +276,9 @@ def test_an_email_encoded_piece_by_piece_is_the_email_encoded_whole(tmp_path):
 
 
 # Kept for a process's life whatever it renders: its template environments, the CSS inliner, what
-# it has read of its templates, the run's From and each time zone's local time of the run. Every
-# other cache or table that rendering a digest fills holds work a fresh run does again.
+# it has read of its templates, a pattern per wrapping width, the run's From and each time zone's
+# local time of the run. Every other cache or table that rendering a digest fills holds work a
+# fresh run does again.
 _SETUP_CACHES = {
     "bot.render": {
         "_default_environment",

@@ -8,6 +8,7 @@ The golden files in tests/golden/ are what example-alice gets from the real capt
 from __future__ import annotations
 
 import dataclasses
+import html
 import os
 import re
 import subprocess
@@ -156,11 +157,17 @@ def test_cards_inlined_one_by_one_make_the_page_that_inlining_it_whole_makes(tmp
     """
     bob = subscriber_with(tmp_path, watches, max_papers=50)
     checked = 0
-    for size in (1, 7, len(papers)):
+    # The inbox's preview line, as the templates once printed it: a loop over the first titles.
+    preview = environment.from_string(
+        "{% for p in papers[:3] %}{{ p.title_plain }}{% if not loop.last %} · {% endif %}{% endfor %}"
+    )
+    for size in (1, 2, 7, len(papers)):
         digest = digest_of(bob, papers[:size], upvotes_before={p.id: 0 for p in papers})
         rendered = render_digest(digest, environment)
         assert rendered.html == inlined_whole(digest, environment)
         assert rendered.text == text_whole(digest, environment)
+        shown = re.search('<div class="pre"[^>]*>(.*?)\u2007', rendered.html).group(1)
+        assert html.unescape(shown) == preview.render(papers=whole_values(digest, environment)[0])
         checked += len(digest.matches)
     assert checked > 30
     assert any(shared for _, shared in rendered.text_parts), "the cards' text is shared"
@@ -257,6 +264,10 @@ def test_a_style_sheet_that_prints_values_and_styles_through_the_page_reads_as_i
         assert html == inlined_whole(digest, environment)
     assert "color:#0969da" in html and "color:#ff0000" in html and "color:#00aa00" in html
     assert "\ue000" not in html
+    # The same in an async environment, whose included style sheet Jinja makes another way.
+    asynchronous = environment.overlay(enable_async=True)
+    for digest in models_digests(tmp_path):
+        assert render_digest(digest, asynchronous).html == inlined_whole(digest, environment)
 
 
 def joined_stretch_by_stretch(stretches) -> tuple:
@@ -702,8 +713,10 @@ def test_wordwrap_wraps_as_jinjas_own_to_the_character():
     texts += ["".join(chance.choice(pieces) for _ in range(chance.randint(0, 30))) for _ in range(5000)]
     texts += [" ".join(chance.choice(pieces[:6]) for _ in range(chance.randint(1, 25))) for _ in range(5000)]
     assert len(papers) > 20
+    texts.append("aaa bbb ccc ddd")  # wrapped at 7.0 too: a width a template may write as a float
     for number, text in enumerate(texts):
         width = (69, 40, 79)[number % 3] if number < len(papers) else chance.randint(1, 30)
+        width = 7.0 if number == len(texts) - 1 else width
         for options in ({"break_long_words": False, "break_on_hyphens": False}, {}):
             assert ours(environment, text, width, **options) == jinjas(environment, text, width, **options), (
                 text,
