@@ -30,15 +30,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import bot.words
 from bot.channels.email import SmtpSender
 from bot.config import load_settings
-from bot.deliver import DigestPlan, plan_digests
+from bot.deliver import DigestPlan, forget_planning, plan_digests
 from bot.message import MAX_LINE, MessageSettings, forget_encodings
 from bot.models import Paper, Subscriber
 from bot.pipeline import frozen_objects, import_files, make_digest, message_settings, render_plan, run_once
 from bot.render import forget_cards, prepare_cards, render_digest
-from bot.schedule import due_period, trigger_for
 from bot.store import Delivery, open_store
 from bot.subscriptions import load_subscriptions
 
@@ -343,7 +341,7 @@ def whole_path(
         sender = TimedSender(SmtpSender(host=HOST, port=sink.port, sender=SENDER, security="none"))
         forget_cards()  # cold, as a fresh `paperbot run --once` (and its helper, forked from here)
         forget_encodings()
-        forget_planning()
+        forget_planning()  # the inputs' planning, above, kept its schedules and folded words
         started, cpu = time.perf_counter(), time.process_time()
         children, sink_cpu = _children_cpu(), sink.cpu()
         report = run_once(
@@ -364,13 +362,6 @@ def whole_path(
         )
     first = sender.first or started + seconds
     return WholeRun(len(sent), same, started, first, seconds, cpu, children, sink_cpu, sender.seconds)
-
-
-def forget_planning() -> None:
-    """What planning keeps, dropped, as in a fresh `paperbot run --once`: each schedule's due
-    period and trigger, and the words it folded (the inputs' planning, above, made them all)."""
-    for cache in (due_period, trigger_for, bot.words._fold_parts):
-        cache.cache_clear()
 
 
 def _children_cpu() -> float:

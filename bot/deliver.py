@@ -41,9 +41,10 @@ from bot.errors import (
 )
 from bot.match import Match, WatchIndex, match_papers
 from bot.models import Channel, Subscriber
-from bot.schedule import Period, due_period
+from bot.schedule import Period, due_period, forget_schedules
 from bot.store import Delivery, PackedMessage, Store
 from bot.subscriptions import ENV_REF, mail_address
+from bot.words import forget_folds
 
 __all__ = [
     "DigestPlan",
@@ -53,6 +54,7 @@ __all__ = [
     "Skip",
     "email_recipient",
     "expand_target",
+    "forget_planning",
     "plan_digests",
     "rank_matches",
     "reserve_digest",
@@ -316,6 +318,14 @@ def plan_digests(
                 DigestPlan(subscriber, channel, period, start, now, tuple(fresh), len(window.papers))
             )
     return plans, skips
+
+
+def forget_planning() -> None:
+    """Drop all that planning keeps (each schedule's trigger and due period, the words it
+    folded), as in a fresh `paperbot run --once`: a benchmark of a cold start calls this (a test
+    holds it to every cache planning fills)."""
+    forget_schedules()
+    forget_folds()
 
 
 Compose = Callable[[DigestPlan, tuple[Match, ...], int], tuple[bytes, str, str]]

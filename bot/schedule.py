@@ -19,7 +19,16 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-__all__ = ["Period", "Schedule", "Scheduler", "due_period", "next_run", "parse_schedule", "trigger_for"]
+__all__ = [
+    "Period",
+    "Schedule",
+    "Scheduler",
+    "due_period",
+    "forget_schedules",
+    "next_run",
+    "parse_schedule",
+    "trigger_for",
+]
 
 _DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _DAILY = re.compile(r"^daily(?:\s+at)?\s+(\d{1,2}):(\d{2})$", re.I)
@@ -181,6 +190,13 @@ def due_period(schedule: Schedule, zone: str, now: datetime) -> Period | None:
     else:
         key = local.strftime("%Y-%m-%dT%H:%M")
     return Period(key, f"{local:%a} {local.day} {local:%b %Y}", local)
+
+
+def forget_schedules() -> None:
+    """Drop every schedule's trigger and due period kept, as in a fresh process (see
+    bot.deliver.forget_planning)."""
+    trigger_for.cache_clear()
+    due_period.cache_clear()
 
 
 class Scheduler:

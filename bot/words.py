@@ -18,7 +18,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["Token", "fold", "normalize", "scan", "tokenize"]
+__all__ = ["Token", "fold", "forget_folds", "normalize", "scan", "tokenize"]
 
 # A run of letters or digits, with any combining marks after its first character, so a
 # decomposed "Schro\u0308dinger" stays one word.
@@ -109,6 +109,11 @@ def _fold_parts(raw: str, plural: bool) -> tuple[tuple[str, str], ...]:
     # is itself a word, which a query can spell and which folds to itself.
     parts = _PLAIN_WORD.findall(normalize(raw))
     return tuple((_singular(part) if plural else part, part) for part in parts)
+
+
+def forget_folds() -> None:
+    """Drop every word kept folded, as in a fresh process (see bot.deliver.forget_planning)."""
+    _fold_parts.cache_clear()
 
 
 def scan(text: str, plural: bool = True) -> list[tuple[str, str, int, int]]:

@@ -1145,3 +1145,37 @@ def test_real_mail_with_links_nobody_can_follow_is_warned_about(tmp_path, smtp_s
         assert f"web.base_url is {base_url}, {warned}" in err and "PAPERBOT_WEB_BASE_URL" in err
     else:
         assert "web.base_url" not in err
+
+
+def test_a_cold_start_forgets_all_that_planning_keeps(world):
+    """bench/render_send.py starts each run cold, as a fresh `paperbot run --once`: it calls
+    bot.deliver.forget_planning, which names what it clears. A cache that planning fills and
+    that is left out of it would survive into the next run and flatter the figures: every
+    functools cache of the planning modules must be empty after it."""
+    import functools
+
+    import bot.deliver
+    import bot.match
+    import bot.query
+    import bot.schedule
+    import bot.words
+
+    modules = (bot.deliver, bot.match, bot.query, bot.schedule, bot.words)
+
+    def filled() -> set[str]:
+        return {
+            f"{module.__name__}.{name}"
+            for module in modules
+            for name, value in vars(module).items()
+            if isinstance(value, functools._lru_cache_wrapper) and value.cache_info().currsize
+        }
+
+    store, folder, _, _ = world
+    subscription(folder, "alice", '"sparse attention"', schedule='"daily 08:00"')
+    subscription(folder, "bob", "agents", schedule='"weekly friday 08:00"')
+    bot.deliver.forget_planning()
+    assert filled() == set()
+    plans, _ = plan_digests(store, load_subscriptions(folder).subscribers, FRIDAY_9AM_BERLIN)
+    assert plans and {"bot.schedule.due_period", "bot.words._fold_parts"} <= filled()
+    bot.deliver.forget_planning()
+    assert filled() == set()
