@@ -547,10 +547,9 @@ def measure(args: argparse.Namespace, capture: Path, program: str, work: Path) -
     print("\nchecks")
     runs = [(f"(2a) #{number}", run) for number, run in enumerate(helped_runs, 1)] + [("(2b)", alone)]
     for name, run in runs:
-        sent = run.sent
         line(
             f"run_once {name} sent every digest",
-            f"{'yes' if sent == count else 'NO'} ({sent:,} of {count:,})",
+            f"{'yes' if run.sent == count else 'NO'} ({run.sent:,} of {count:,})",
         )
         line("  the very bytes raw smtplib sent", "yes" if run.same else "NO")
     line("smtp-sink took", f"{received:,} messages (expected {expected:,})")

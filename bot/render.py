@@ -35,7 +35,8 @@ import re
 import secrets
 import textwrap
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -612,18 +613,22 @@ class _UnrecordedModuleTemplate(jinja2.Template):
     is made with nothing recorded: else a value it prints would be kept as a frame's hole."""
 
     def make_module(self, vars=None, shared=False, locals=None):
-        token = _recording.set(None)
-        try:
+        with _recording_into(None):
             return super().make_module(vars, shared, locals)
-        finally:
-            _recording.reset(token)
 
     async def make_module_async(self, vars=None, shared=False, locals=None):  # an async environment's
-        token = _recording.set(None)
-        try:
+        with _recording_into(None):
             return await super().make_module_async(vars, shared, locals)
-        finally:
-            _recording.reset(token)
+
+
+@contextmanager
+def _recording_into(values: list | None) -> Iterator[None]:
+    """While the block runs, _finalize records what the frame prints into `values` (None: nothing)."""
+    token = _recording.set(values)
+    try:
+        yield
+    finally:
+        _recording.reset(token)
 
 
 @lru_cache(maxsize=1)
@@ -1090,11 +1095,8 @@ def _frame_parts(environment: jinja2.Environment, values: dict) -> list:
     if not _fillable(environment):
         return _whole_frame(frame, values)
     printed: list = []
-    token = _recording.set(printed)
-    try:
+    with _recording_into(printed):
         skeleton = _rendered(frame, values, cards=_CARDS_HERE)
-    finally:
-        _recording.reset(token)
     if _UNFILLABLE in printed:
         return _whole_frame(frame, values)
     key = (environment, len(skeleton))
@@ -1104,9 +1106,8 @@ def _frame_parts(environment: jinja2.Environment, values: dict) -> list:
         if parts is not None:
             return parts
     whole = _inliner().inline(_rendered(frame, values, cards=_CARDS_HERE))
-    if (
-        layout is False and sum(map(len, _LAYOUTS.values())) < _LAYOUTS_KEPT
-    ):  # new: keep it if it makes this page
+    new = layout is False and sum(map(len, _LAYOUTS.values())) < _LAYOUTS_KEPT
+    if new:  # keep it if it makes this page
         layout = None
         if skeleton.count("\ue000") == len(printed):
             pieces = _skeleton_pieces(_inliner().inline(skeleton), len(printed))
