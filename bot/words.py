@@ -74,6 +74,8 @@ class Token:
 
 def normalize(word: str) -> str:
     """Fold case and accents: "Schrödinger" -> "schrodinger", "ÉCOLE" -> "ecole"."""
+    if word.isascii():  # most words: no accents, and casefold is lower (what the loop gives them)
+        return word.lower()
     previous = None
     # Repeat until stable: casefolding can expose accents (and NFKD can expose capitals).
     while word != previous:

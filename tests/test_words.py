@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -138,6 +140,24 @@ def test_case_never_matters(text):
     terms = [t.term for t in tokenize(text)]
     assert [t.term for t in tokenize(text.upper())] == terms or _changes_letters(text)
     assert [t.term for t in tokenize(text.swapcase())] == terms or _changes_letters(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_an_ascii_word_folds_as_any_other(text):
+    # normalize takes a shortcut for ASCII (most words): it must give what the full folding
+    # (decompose, drop accents, casefold, until stable) gives.
+    assert normalize(text) == _folded_fully(text)
+    assert all(normalize(chr(code)) == _folded_fully(chr(code)) for code in range(128))
+
+
+def _folded_fully(word: str) -> str:
+    previous = None
+    while word != previous:
+        previous = word
+        decomposed = unicodedata.normalize("NFKD", word)
+        word = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+    return word
 
 
 def _changes_letters(text: str) -> bool:
