@@ -622,7 +622,7 @@ def _make_one(
 # render on a second core while this process reserves and sends. The helper is forked, so it
 # has the plans without their being copied (pickling them cost a third of rendering them); it
 # renders batch after batch, a few ahead, and returns the messages packed. The cards, shared by many
-# digests and most of the first batches' work, are made half here and half there at the start
+# digests and most of the first batches' work, are made partly here and partly there at the start
 # (a card pickles in a tenth of the time it takes to make). Only where forking is safe:
 # on Linux, from a process with one thread (`paperbot run --once`; the daemon's runs are on a
 # scheduler thread and render in-process), and with two CPUs or more. Should the helper die,
@@ -659,6 +659,9 @@ class _Ready:
             return None
 
 
+# A digest of the first batch, rendered cold, takes about as long as making this many cards
+# (bench/render_send.py: 1 ms and 0.11 ms).
+_FIRST_DIGEST_IN_CARDS = 9
 HELPER_AHEAD = 4  # batches the helper may render ahead of the sending: bounds the memory held
 HELPER_PATIENCE = 120.0  # seconds to wait for a batch (it takes well under one) before killing it
 # What a forked helper inherits: the plans, the mail settings, and the plans' cards (their keys).
@@ -700,15 +703,16 @@ def _rendered_batches(
             yield batch, [None] * len(batch)
 
     try:
-        # Making the cards is most of the first batches' rendering: the helper makes the first half
-        # (and renders the batches that show only those) while this process makes the other half
-        # and hands them over, rather than waiting.
-        half = len(keys) // 2
+        # Making the cards is most of the first batches' rendering: the helper makes the first ones
+        # (and renders the batches that show only those) while this process makes the others and
+        # hands them over, rather than waiting. It would wait still for the first batch, which the
+        # helper renders after its cards: so the helper makes fewer, by what that batch costs.
+        share = max(needs[0], (len(keys) - len(batches[0]) * _FIRST_DIGEST_IN_CARDS) // 2)
         try:
-            sharing = [helper.submit(_make_cards, half)]
-            submit_batches(sum(1 for need in needs if need <= half))
-            cards = made_cards(keys[half:])  # its errors are this process's: they end the run
-            sharing.append(helper.submit(_take_cards, half, cards))
+            sharing = [helper.submit(_make_cards, share)]
+            submit_batches(sum(1 for need in needs if need <= share))
+            cards = made_cards(keys[share:])  # its errors are this process's: they end the run
+            sharing.append(helper.submit(_take_cards, share, cards))
         except BrokenProcessPool as error:  # died already (killed for memory, say)
             yield from rest_here(0, error)
             return

@@ -383,7 +383,7 @@ def test_cards_prepared_together_are_the_cards_made_one_by_one(tmp_path):
 
 
 def test_cards_made_in_another_process_render_the_very_digest(tmp_path):
-    """A big run's helper takes half of the cards from the run (made_cards, pickled across, then
+    """A big run's helper takes some of the cards from the run (made_cards, pickled across, then
     keep_cards): it must make none of them again, and render the digest it would render alone."""
     import pickle
 
@@ -409,7 +409,7 @@ def test_cards_made_in_another_process_render_the_very_digest(tmp_path):
 
 
 def test_a_card_that_cannot_be_made_is_left_to_the_digests_that_show_it(tmp_path):
-    """The run makes half of a big run's cards for its helper (made_cards): one whose template
+    """The run makes some of a big run's cards for its helper (made_cards): one whose template
     fails there is handed over as None, the others as made, and the digest showing it fails
     when it is rendered, saying why, as it would without the helper."""
     import shutil

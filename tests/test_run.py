@@ -430,13 +430,13 @@ def start_helper(*args):
 real_make_cards, real_made_cards = bot.pipeline._make_cards, bot.pipeline.made_cards
 
 
-def make_cards(stop):  # the helper's half of the cards: with options["die_sharing"], it dies there
+def make_cards(stop):  # the helper's share of the cards: with options["die_sharing"], it dies there
     if options["die_sharing"]:
         os._exit(9)
     return real_make_cards(stop)
 
 
-def made_cards(keys):  # the run's half: with options["die_sharing"], done once its pool knows
+def made_cards(keys):  # the run's share: with options["die_sharing"], done once its pool knows
     while options["die_sharing"] and not helpers[0]._broken:
         time.sleep(0.01)
     return real_made_cards(keys)
@@ -511,7 +511,7 @@ def alone_command(
     """How to run run_once in a fresh interpreter (subprocess arguments): `batch` digests to a
     ledger commit, its helper dying at the digests of `die` (once the first message waits for
     it) and hanging at those of `hang` (given up on after `patience` seconds), or dying as it
-    makes its half of the cards (`die_sharing`), the digests of `broken` failing to render, the
+    makes its share of the cards (`die_sharing`), the digests of `broken` failing to render, the
     first paper of those of `racing` sent by another process after the run planned it, the
     messages of those of `damaged` damaged on their way from the helper; a dry run with `dry_run`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAPERBOT_")}
@@ -639,8 +639,8 @@ def test_a_helper_that_dies_mid_run_loses_no_digest(tmp_path):
 
 @NEEDS_TWO_CPUS
 def test_a_helper_that_dies_while_the_cards_are_shared_loses_no_digest(tmp_path):
-    """The helper dies as it makes its half of the cards, before the run hands it the other
-    half: the run renders every digest itself, and each is sent once."""
+    """The helper dies as it makes its share of the cards, before the run hands it the
+    others: the run renders every digest itself, and each is sent once."""
     folder = subscribed(tmp_path, [f"p{n}" for n in range(6)])
     outcomes, errors, log = run_alone(tmp_path, "out", folder, batch=2, die_sharing=True, run_helper_from=2)
     assert "the helper process failed" in log and not errors
