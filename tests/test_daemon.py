@@ -300,13 +300,18 @@ def test_status_shows_jobs_after_the_daemon_ran(tmp_path, smtp_server):
     assert "1 sent" in status.stdout
 
 
-def latest_local_time(hour: int, minute: int, zone: ZoneInfo, now: datetime) -> datetime:
+def latest_local_time(
+    hour: int, minute: int, zone: ZoneInfo, now: datetime, weekday: int | None = None
+) -> datetime:
     """The latest moment at or before `now` whose local time in `zone` reads hour:minute (either
-    pass of a repeated hour), found by trying each nearby day both ways: the reference."""
+    pass of a repeated hour), on `weekday` if given (0: Monday), found by trying each nearby day
+    both ways: the reference."""
     moment = now.astimezone(UTC)
     found = []
-    for days in range(-3, 2):
+    for days in range(-10, 2):
         day = moment.astimezone(zone).date() + timedelta(days=days)
+        if weekday is not None and day.weekday() != weekday:
+            continue
         for fold in (0, 1):
             wall = datetime(day.year, day.month, day.day, hour, minute, tzinfo=zone, fold=fold)
             back = wall.astimezone(UTC).astimezone(zone)  # a time the clock skipped reads otherwise
@@ -315,18 +320,26 @@ def latest_local_time(hour: int, minute: int, zone: ZoneInfo, now: datetime) -> 
     return max(found, key=lambda wall: wall.astimezone(UTC))
 
 
-def test_a_daily_schedule_fired_last_at_the_latest_local_time_across_daylight_saving():
-    """paperbot finds a daily schedule's latest firing without APScheduler's search (its trigger
-    took a sixth of planning a big run). What it finds must be the latest moment at or before
-    now when the local clock read the schedule's time, and one APScheduler's trigger fires at:
-    every 20 minutes of the three days around each daylight-saving change of 2026, in zones that
-    move by an hour, by half an hour, or not at all, and of 2005 in St. John's, whose clocks went
-    back from 00:01 to the day before. On a day the change skips or repeats the time (02:30 in
-    Berlin in March, 01:30 in Los Angeles in November), it leaves the answer to APScheduler."""
-    from bot.schedule import _latest_daily
+WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+
+
+def test_a_daily_or_weekly_schedule_fired_last_at_the_latest_local_time_across_daylight_saving():
+    """paperbot finds a daily or weekly schedule's latest firing without APScheduler's search
+    (its trigger took a sixth of planning a big run). What it finds must be the latest moment at
+    or before now when the local clock read the schedule's time (on its day), and one
+    APScheduler's trigger fires at: every 20 minutes of the three days around each
+    daylight-saving change of 2026, in zones that move by an hour, by half an hour, or not at
+    all, and of 2005 in St. John's, whose clocks went back from 00:01 to the day before. On a
+    day the change skips or repeats the time (02:30 in Berlin in March, 01:30 in Los Angeles
+    in November), it leaves the answer to APScheduler."""
+    from bot.schedule import _latest_local
 
     zones = ["Europe/Berlin", "America/Los_Angeles", "Australia/Lord_Howe", "America/Sao_Paulo", "UTC"]
-    times = ["daily 00:00", "daily 00:30", "daily 01:30", "daily 02:30", "daily 03:00", "daily 23:59"]
+    times = ["00:00", "00:30", "01:30", "02:30", "03:00", "23:59"]
+    texts = [f"daily {at}" for at in times] + [
+        f"weekly {day} {at}" for day in ("sunday", "monday") for at in times
+    ]
+    texts += [f"weekly {day} 08:00" for day in WEEKDAYS]
     second = timedelta(seconds=1)
     found = left = 0
     for zone, year in [(zone, 2026) for zone in zones] + [("America/St_Johns", 2005)]:
@@ -335,36 +348,47 @@ def test_a_daily_schedule_fired_last_at_the_latest_local_time_across_daylight_sa
         changes = [b for a, b in zip(noon, noon[1:], strict=False) if a.utcoffset() != b.utcoffset()]
         moments = [c.astimezone(UTC) + timedelta(minutes=20 * i) for c in changes for i in range(-108, 108)]
         moments += [datetime(year, 6, 15, 7, 1, tzinfo=UTC), datetime(year, 12, 31, 23, 59, tzinfo=UTC)]
-        for text in times:
+        for text in texts:
             trigger = trigger_for(parse_schedule(text), zone)
-            hour, minute = map(int, text.split()[1].split(":"))
+            *day, at = text.split()[1:]
+            hour, minute = map(int, at.split(":"))
+            weekday = WEEKDAYS.index(day[0]) if day else None
             for now in moments:
-                fire = _latest_daily(hour, minute, tz, now)
+                fire = _latest_local(hour, minute, tz, now, weekday)
                 if fire is None:
                     left += 1
                     continue
                 found += 1
-                expected = latest_local_time(hour, minute, tz, now)
-                assert (fire.astimezone(UTC), fire.tzinfo, fire.hour, fire.minute) == (
+                expected = latest_local_time(hour, minute, tz, now, weekday)
+                assert (fire.astimezone(UTC), fire.tzinfo, fire.hour, fire.minute, fire.weekday()) == (
                     expected.astimezone(UTC),
                     tz,
                     hour,
                     minute,
+                    expected.weekday(),
                 ), (zone, text, now)
                 assert trigger.get_next_fire_time(None, fire - second) == fire, (zone, text, now)
-    assert found > 7_000 and left > 100  # the days of a change were met, and left to APScheduler
+    assert found > 25_000 and left > 100  # the days of a change were met, and left to APScheduler
 
 
-@pytest.mark.parametrize("at", ["00:00", "00:30"])
-def test_a_digest_just_after_midnight_is_due_on_the_day_after_clocks_go_forward(at):
-    """Searching from the day before, APScheduler 3's trigger skips the times of the first hour
+@pytest.mark.parametrize(
+    ("schedule", "key"),
+    [
+        ("daily 00:00", "2026-03-30"),
+        ("daily 00:30", "2026-03-30"),
+        ("weekly monday 00:00", "2026-W14"),
+        ("weekly monday 00:30", "2026-W14"),
+    ],
+)
+def test_a_digest_just_after_midnight_is_due_on_the_day_after_clocks_go_forward(schedule, key):
+    """Searching from an earlier day, APScheduler 3's trigger skips the times of the first hour
     after midnight on the day after clocks go forward (agronholm/apscheduler#606): a run at 09:00
-    on 30 March 2026 in Berlin took the day before's digest as the one due, and the day's digest
-    never went."""
+    on Monday 30 March 2026 in Berlin took the day before's digest (or the week before's) as
+    the one due, and that day's (that week's) digest never went."""
     from bot.schedule import due_period
 
     now = datetime(2026, 3, 30, 7, tzinfo=UTC)
-    assert due_period(parse_schedule(f"daily {at}"), "Europe/Berlin", now).key == "2026-03-30"
+    assert due_period(parse_schedule(schedule), "Europe/Berlin", now).key == key
 
 
 def test_a_schedule_asked_about_a_time_without_a_zone_says_so():
