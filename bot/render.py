@@ -603,22 +603,31 @@ def _recording_environment(environment: jinja2.Environment) -> jinja2.Environmen
     be made (see _frame_parts): only the frame's template, as a finalize is a call for every
     value every template prints."""
     recording = environment.overlay(finalize=_finalize)
-    recording.template_class = _UnrecordedModuleTemplate
+    recording.template_class = _unrecorded_modules(environment.template_class)
     return recording
 
 
-class _UnrecordedModuleTemplate(jinja2.Template):
-    """A template of the recording environment whose module (what `{% include ... without
-    context %}` prints, as digest.html.j2 includes its style sheet: made once and kept by Jinja)
-    is made with nothing recorded: else a value it prints would be kept as a frame's hole."""
+@lru_cache(maxsize=8)
+def _unrecorded_modules(template_class: type[jinja2.Template]) -> type[jinja2.Template]:
+    """The recording environment's template class: the environment's own (a custom one kept),
+    making its modules with nothing recorded (_UnrecordedModules)."""
+    if issubclass(template_class, _UnrecordedModules):
+        return template_class
+    return type(template_class.__name__, (_UnrecordedModules, template_class), {})
+
+
+class _UnrecordedModules:
+    """Makes a template's module (what `{% include ... without context %}` prints, as
+    digest.html.j2 includes its style sheet: made once and kept by Jinja) with nothing recorded:
+    else a value it prints would be kept as a frame's hole."""
 
     def make_module(self, vars=None, shared=False, locals=None):
         with _recording_into(None):
-            return super().make_module(vars, shared, locals)
+            return super().make_module(vars, shared, locals)  # type: ignore[misc]
 
     async def make_module_async(self, vars=None, shared=False, locals=None):  # an async environment's
         with _recording_into(None):
-            return await super().make_module_async(vars, shared, locals)
+            return await super().make_module_async(vars, shared, locals)  # type: ignore[misc]
 
 
 @contextmanager

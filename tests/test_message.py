@@ -283,6 +283,7 @@ _SETUP_CACHES = {
     "bot.render": {
         "_default_environment",
         "_recording_environment",
+        "_unrecorded_modules",
         "_globals_of",
         "_inliner",
         "_fillable",

@@ -270,6 +270,29 @@ def test_a_style_sheet_that_prints_values_and_styles_through_the_page_reads_as_i
         assert render_digest(digest, asynchronous).html == inlined_whole(digest, environment)
 
 
+def test_an_environment_passed_in_keeps_its_own_template_class_for_the_frame(tmp_path):
+    """render_digest takes any environment, whose template class may be one of its own (here
+    one that notes the modules it makes). Recording the frame's values keeps that class, still
+    making the style sheet's module with nothing recorded (no hole in it)."""
+    made: list[str] = []
+
+    class Noting(jinja2.Template):
+        def make_module(self, vars=None, shared=False, locals=None):
+            made.append(self.name)
+            return super().make_module(vars, shared, locals)
+
+    css = (templates_dir() / "digest.css.j2").read_text(encoding="utf-8")
+    css += '{% set accent = "#0969da" %}\n.brand{color:{{ accent }}}\n'
+    environment = edited_environment(tmp_path, {"digest.css.j2": css})
+    environment.template_class = Noting
+    digests = models_digests(tmp_path)
+    pages = [render_digest(digest, environment).html for digest in digests]
+    assert made == ["digest.css.j2"]  # by the frame's recording: the page is not rendered whole
+    for digest, page in zip(digests, pages, strict=True):
+        assert page == inlined_whole(digest, environment)
+    assert "color:#0969da" in page and "\ue000" not in page
+
+
 def joined_stretch_by_stretch(stretches) -> tuple:
     """What tidying the texts of (stretch, shared) joined gives, as (piece, shared) parts: one
     blank line where any number were, none at the start or end; each shared stretch's lines one
