@@ -454,9 +454,16 @@ def _migrate_6(db: sqlite_utils.Database) -> None:
                 raise
 
 
+def _migrate_7(db: sqlite_utils.Database) -> None:
+    """Where each subscriber channel's last digest ended (digest_marks, asked of every subscriber
+    at every run), read from an index in a few steps: it was found by reading every digest of
+    theirs, and after a year of daily digests that took a run of 2,000 subscribers 270 ms."""
+    db["deliveries"].create_index(["subscriber_id", "channel", "window_end"], if_not_exists=True)
+
+
 # Each is safe to run again after an interruption: sqlite-utils commits its steps one by one,
 # so a migration killed halfway is not undone, and the next open_store runs it again.
-MIGRATIONS = [_migrate_1, _migrate_2, _migrate_3, _migrate_4, _migrate_5, _migrate_6]
+MIGRATIONS = [_migrate_1, _migrate_2, _migrate_3, _migrate_4, _migrate_5, _migrate_6, _migrate_7]
 # A ledger row with its message (Store._delivery reads both).
 _DELIVERIES = (
     "select deliveries.*, delivery_bodies.message as stored_message,"

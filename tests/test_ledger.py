@@ -52,6 +52,55 @@ def smtp(server, **options) -> SmtpSender:
 # -- the ledger --------------------------------------------------------------------------------
 
 
+def test_where_the_last_digest_ended_is_read_in_as_many_steps_after_a_year_as_after_a_week(ledger):
+    """Every run asks, of every subscriber channel, where its last digest ended (digest_marks):
+    the next one's papers start there. After a year of daily digests (and instant alerts among
+    them, which it passes over) the ledger must answer in as many steps as after a week.
+    Counted as the steps of SQLite's virtual machine (its progress handler), not timed: reading
+    every digest of the subscriber, as it did, took a year's run 50 times as many."""
+
+    def digest(sid: str, day: int, period: str | None = None) -> None:
+        end = T0 + timedelta(days=day, hours=0 if period is None else 2)
+        ledger.reserve_delivery(
+            subscriber_id=sid,
+            channel="email",
+            kind="email",
+            period=period or f"{end:%Y-%m-%d}",
+            recipient=f"{sid}@example.org",
+            paper_ids=[f"{sid}.{day}.{period is not None}"],
+            window_start=end - timedelta(days=1),
+            window_end=end,
+            now=end,
+        )
+
+    def marks_and_steps():
+        steps = [0]
+
+        def step() -> int:
+            steps[0] += 1
+            return 0  # go on
+
+        ledger.db.conn.set_progress_handler(step, 1)
+        try:
+            marks = ledger.digest_marks("alice", "email", "2099-01-01")
+        finally:
+            ledger.db.conn.set_progress_handler(None, 1)
+        return marks.last_window_end, steps[0]
+
+    def days(start: int, stop: int) -> None:
+        for day in range(start, stop):
+            for sid in ("alice", "bob"):
+                digest(sid, day)
+            digest("alice", day, f"instant {day}")  # later than that day's digest: passed over
+
+    days(0, 7)
+    week_end, week_steps = marks_and_steps()
+    days(7, 365)
+    year_end, year_steps = marks_and_steps()
+    assert (week_end, year_end) == (T0 + timedelta(days=6), T0 + timedelta(days=364))
+    assert year_steps < 2 * week_steps, (week_steps, year_steps)
+
+
 def test_a_message_is_stored_packed_and_read_back_byte_for_byte(ledger):
     """A digest's message is kept zstd-packed (the ledger grows a quarter as fast), and whoever
     reads it gets the very bytes that were made: the sender, a retry, the due list."""
