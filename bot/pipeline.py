@@ -684,7 +684,21 @@ def _rendered_batches(
             yield batch, [None] * len(batch)
         return
     helper, pid = started
-    log.info("rendering %d digests in a helper process", len(plans))
+    # Making the cards is most of the first batches' rendering: the helper makes the first ones
+    # (and renders the batches that show only those) while this process makes the others and
+    # hands them over, rather than waiting. It would wait still for the first batch, which the
+    # helper renders after its cards: so the helper makes fewer, by what that batch costs,
+    # but all the first batch shows. Where that is more than half, it makes half, and
+    # renders the first batch once it has this process's.
+    half = len(keys) // 2
+    fewer = (len(keys) - len(batches[0]) * _FIRST_DIGEST_IN_CARDS) // 2
+    share = max(needs[0], fewer) if needs[0] <= half else half
+    log.info(
+        "rendering %d digests in a helper process (it makes %d of their %d cards)",
+        len(plans),
+        share,
+        len(keys),
+    )
     waited = 0.0
     futures: deque = deque()
     submitted = 0
@@ -703,11 +717,6 @@ def _rendered_batches(
             yield batch, [None] * len(batch)
 
     try:
-        # Making the cards is most of the first batches' rendering: the helper makes the first ones
-        # (and renders the batches that show only those) while this process makes the others and
-        # hands them over, rather than waiting. It would wait still for the first batch, which the
-        # helper renders after its cards: so the helper makes fewer, by what that batch costs.
-        share = max(needs[0], (len(keys) - len(batches[0]) * _FIRST_DIGEST_IN_CARDS) // 2)
         try:
             sharing = [helper.submit(_make_cards, share)]
             submit_batches(sum(1 for need in needs if need <= share))

@@ -367,6 +367,7 @@ def test_a_daily_or_weekly_schedule_fired_last_at_the_latest_local_time_across_d
                     minute,
                     expected.weekday(),
                 ), (zone, text, now)
+                assert weekday is None or fire.weekday() == weekday, (zone, text, now)
                 assert trigger.get_next_fire_time(None, fire - second) == fire, (zone, text, now)
     assert found > 25_000 and left > 100  # the days of a change were met, and left to APScheduler
 

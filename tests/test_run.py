@@ -7,6 +7,7 @@ from __future__ import annotations
 import email
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -589,6 +590,26 @@ def test_a_big_run_renders_in_a_helper_process_the_very_mail_it_renders_alone(tm
     assert stored == {path.name.split("-")[3]: path.read_bytes() for path in its}
     html = parsed(its[0]).get_body(("html",)).get_content()
     assert its[0].name == "2026-06-12-p0-email.eml" and "<mark" in html and raced not in html
+
+
+@NEEDS_TWO_CPUS
+def test_a_helper_that_makes_fewer_of_the_cards_renders_the_very_mail_too(tmp_path):
+    """Two digests to a batch, each of a topic of its own: the first batch shows fewer than half
+    of the run's cards, so the helper makes fewer than half (it renders that batch after them,
+    while the run waits) and the run hands it the others. What arrives is byte for byte what a
+    run rendering alone sends, each digest rendered once, by the helper."""
+    folder = topic_subscribers(tmp_path, 6)
+    alone, _, _ = run_alone(tmp_path, "alone", folder, run_helper_from=0)
+    helped, errors, log = run_alone(tmp_path, "helped", folder, batch=2, run_helper_from=2)
+    made, cards = map(int, re.search(r"it makes (\d+) of their (\d+) cards", log).groups())
+    assert 0 < made < cards // 2, log
+    rendered = sorted(line for line in log.splitlines() if line.startswith("rendered "))
+    assert rendered == [f"rendered p{n} in the helper" for n in range(6)]
+    assert alone == helped == [[f"p{n}", "sent"] for n in range(6)] and not errors
+    mine, its = (sorted((tmp_path / name).iterdir()) for name in ("alone", "helped"))
+    assert [p.name for p in mine] == [p.name for p in its]
+    for ours, theirs in zip(mine, its, strict=True):
+        assert ours.read_bytes() == theirs.read_bytes(), ours.name
 
 
 @NEEDS_TWO_CPUS
