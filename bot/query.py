@@ -610,9 +610,11 @@ class QueryIndex:
     def __init__(self, queries: Iterable[Node]):
         self.queries: tuple[Node, ...] = tuple(queries)
         numbers: dict[Leaf, int] = {}
-        for query in self.queries:
-            for leaf in _leaves(query):
-                numbers.setdefault(leaf, len(numbers))
+        # Each query's leaves by number, in _leaves's order: a leaf (a dataclass) is hashed
+        # by a Python call each time, so once here rather than again below.
+        numbered = [
+            [numbers.setdefault(leaf, len(numbers)) for leaf in _leaves(query)] for query in self.queries
+        ]
         self._leaves = tuple(numbers)
         # Leaves of one label (alike but for their field) can find the same hits; others cannot.
         labels: dict[object, int] = {}
@@ -628,7 +630,7 @@ class QueryIndex:
             if isinstance(query, Term | Phrase):
                 either[numbers[query]].append(number)
                 continue
-            larger = self._larger[number] = _Larger.of(query, numbers)
+            larger = self._larger[number] = _Larger.of(query, numbers, numbered[number])
             if larger.kind == "any":
                 for leaf in larger.leaves:
                     either[leaf].append(number)
@@ -821,7 +823,14 @@ class _Larger:
     needs: tuple[tuple[int, ...], ...] = ()
 
     @classmethod
-    def of(cls, query: Node, numbers: Mapping[Leaf, int]) -> _Larger:
+    def of(cls, query: Node, numbers: Mapping[Leaf, int], leaves: Sequence[int] | None = None) -> _Larger:
+        """`leaves`: the numbers of the query's leaves in _leaves's order, when known."""
+        if (
+            leaves is not None
+            and isinstance(query, Or)
+            and all(isinstance(child, Term | Phrase) for child in query.children)
+        ):
+            return cls("any", (), tuple(sorted(set(leaves))))  # leaves ORed: none required
         required = tuple(sorted({numbers[leaf] for leaf in _required_leaves(query)}))
         if isinstance(query, And) and all(
             isinstance(child, Term | Phrase)
