@@ -57,10 +57,11 @@ def test_where_the_last_digest_and_alert_ended_is_read_in_as_many_steps_after_a_
 ):
     """Every run asks, of every subscriber channel, where its last digest ended (digest_marks),
     and of those with instant watches, where its last instant alert ended: the next one's
-    papers start there. After a year of daily digests, with instant alerts in the first week
-    only, the ledger must answer both in as many steps as after that week. Counted as the steps
-    of SQLite's virtual machine (its progress handler), not timed: reading every digest and
-    alert of the subscriber, as it did, took about 20 times as many after the year."""
+    papers start there; and which of the papers it would show went already. After a year of
+    daily digests, with instant alerts in the first week only, the ledger must answer each in
+    as many steps as after that week. Counted as the steps of SQLite's virtual machine (its
+    progress handler), not timed: reading every digest and alert of the subscriber, as it did
+    for the first two, took about 20 times as many after the year."""
 
     def digest(sid: str, day: int, period: str | None = None) -> None:
         end = T0 + timedelta(days=day, hours=0 if period is None else 2)
@@ -76,7 +77,7 @@ def test_where_the_last_digest_and_alert_ended_is_read_in_as_many_steps_after_a_
             now=end,
         )
 
-    def marks_and_steps(instant: bool):
+    def answer_and_steps(ask):
         steps = [0]
 
         def step() -> int:
@@ -85,10 +86,16 @@ def test_where_the_last_digest_and_alert_ended_is_read_in_as_many_steps_after_a_
 
         ledger.db.conn.set_progress_handler(step, 1)
         try:
-            marks = ledger.digest_marks("alice", "email", "2099-01-01", instant)
+            answer = ask()
         finally:
             ledger.db.conn.set_progress_handler(None, 1)
-        return marks.last_window_end, steps[0]
+        return answer, steps[0]
+
+    questions = [  # where the last digest ended, the last alert; which papers went already
+        lambda: ledger.digest_marks("alice", "email", "2099-01-01").last_window_end,
+        lambda: ledger.digest_marks("alice", "email", "2099-01-01", instant=True).last_window_end,
+        lambda: ledger.delivered_papers("alice", "email", ["alice.3.False", "alice.3.True", "new"]),
+    ]
 
     def days(start: int, stop: int) -> None:
         for day in range(start, stop):
@@ -98,11 +105,12 @@ def test_where_the_last_digest_and_alert_ended_is_read_in_as_many_steps_after_a_
                 digest("alice", day, f"instant {day}")  # later than that day's digest
 
     days(0, 7)
-    week = [marks_and_steps(instant) for instant in (False, True)]
+    week = [answer_and_steps(ask) for ask in questions]
     days(7, 365)
-    year = [marks_and_steps(instant) for instant in (False, True)]
-    assert [end for end, _ in week] == [T0 + timedelta(days=6), T0 + timedelta(days=6, hours=2)]
-    assert [end for end, _ in year] == [T0 + timedelta(days=364), T0 + timedelta(days=6, hours=2)]
+    year = [answer_and_steps(ask) for ask in questions]
+    sent = {"alice.3.False", "alice.3.True"}
+    assert [answer for answer, _ in week] == [T0 + timedelta(days=6), T0 + timedelta(days=6, hours=2), sent]
+    assert [answer for answer, _ in year] == [T0 + timedelta(days=364), T0 + timedelta(days=6, hours=2), sent]
     for (_, week_steps), (_, year_steps) in zip(week, year, strict=True):
         assert year_steps < 2 * week_steps, (week, year)
 
