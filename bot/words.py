@@ -74,8 +74,12 @@ class Token:
 
 def normalize(word: str) -> str:
     """Fold case and accents: "Schrödinger" -> "schrodinger", "ÉCOLE" -> "ecole"."""
-    if word.isascii():  # most words: no accents, and casefold is lower (what the loop gives them)
+    if word.isascii():  # most words: no accents, and casefold is lower (what _folded gives them)
         return word.lower()
+    return _folded(word)
+
+
+def _folded(word: str) -> str:
     previous = None
     # Repeat until stable: casefolding can expose accents (and NFKD can expose capitals).
     while word != previous:
