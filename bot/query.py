@@ -823,14 +823,9 @@ class _Larger:
     needs: tuple[tuple[int, ...], ...] = ()
 
     @classmethod
-    def of(cls, query: Node, numbers: Mapping[Leaf, int], leaves: Sequence[int] | None = None) -> _Larger:
-        """`leaves`: the numbers of the query's leaves in _leaves's order, when known."""
-        if (
-            leaves is not None
-            and isinstance(query, Or)
-            and all(isinstance(child, Term | Phrase) for child in query.children)
-        ):
-            return cls("any", (), tuple(sorted(set(leaves))))  # leaves ORed: none required
+    def of(cls, query: Node, numbers: Mapping[Leaf, int], leaves: Sequence[int]) -> _Larger:
+        """`leaves`: the numbers of the query's leaves, as _leaves gives them (QueryIndex has
+        them already: a leaf is hashed by a Python call each time)."""
         required = tuple(sorted({numbers[leaf] for leaf in _required_leaves(query)}))
         if isinstance(query, And) and all(
             isinstance(child, Term | Phrase)
@@ -840,7 +835,7 @@ class _Larger:
             excluded = {numbers[child.child] for child in query.children if isinstance(child, Not)}
             return cls("all", required, tuple(sorted(excluded)))
         if isinstance(query, Or) and all(isinstance(child, Term | Phrase) for child in query.children):
-            return cls("any", required, tuple(sorted({numbers[child] for child in query.children})))
+            return cls("any", required, tuple(sorted(set(leaves))))  # its children are its leaves
         needs = set()
         for child in query.children if isinstance(query, And) else ():
             anchors = anchor_leaves(child)

@@ -611,8 +611,6 @@ def _recording_environment(environment: jinja2.Environment) -> jinja2.Environmen
 def _unrecorded_modules(template_class: type[jinja2.Template]) -> type[jinja2.Template]:
     """The recording environment's template class: the environment's own (a custom one kept),
     making its modules with nothing recorded (_UnrecordedModules)."""
-    if issubclass(template_class, _UnrecordedModules):
-        return template_class
     return type(template_class.__name__, (_UnrecordedModules, template_class), {})
 
 
